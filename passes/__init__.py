@@ -1,0 +1,1 @@
+"""Graph passes over the joint forward+backward graph (installed as ``fp4compile.passes``)."""
