@@ -1,1 +1,11 @@
-"""Graph passes over the joint forward+backward graph (installed as ``fp4compile.passes``)."""
+"""Graph passes over the joint forward+backward graph (installed as ``fp4compile.passes``).
+
+The pipeline (``pipeline.py``) runs, in order: find_matmuls, assign_roles, apply_policy,
+rewrite_linears, verify_graph; ``register_pass`` adds a user's pass.
+"""
+
+from fp4compile.passes.context import PassContext
+from fp4compile.passes.pipeline import pipeline, register_pass, run_pipeline, unregister_pass
+from fp4compile.passes.site import MatmulSite, Role
+
+__all__ = ["MatmulSite", "PassContext", "Role", "pipeline", "register_pass", "run_pipeline", "unregister_pass"]

@@ -1,0 +1,182 @@
+"""The ``torch.library`` ops the passes insert into graphs (namespace ``fp4compile``).
+
+Per quantized linear layer ``y = x W^T`` (x ``[T, K]``, W ``[N, K]``, E = dL/dy ``[T, N]``):
+
+* ``step_seed(anchor, base_seed, site, state) -> int64 scalar (CPU)``: the seed of this call of this
+  layer, ``derive(base_seed, site, step)``, where ``step`` counts the calls of the compiled graph.
+  It has a side effect (the count), so every call site gets its own ``site`` key (identical calls
+  would be merged by common-subexpression elimination).
+* ``quantize(t, recipe, operand, seed, fallback_seed, kernel) -> (codes, scales, tensor_scale, mask)``:
+  the output GEMM's rotation and quantizer for ``operand`` ("input" or "weight"), along the last dim.
+  ``mask`` is the trust mask packed one bit per element, or an empty tensor.
+* ``output_gemm(x codes/scales/tensor_scale, w codes/scales/tensor_scale, recipe, out_dtype, kernel)``:
+  ``y = Xq @ Wq^T`` ``[T, N]``.
+* ``grad_input(E, W codes/scales/tensor_scale?, W?, x_mask?, recipe, seed, out_dtype, kernel)``: ``[T, K]``.
+* ``grad_weight(E, X codes/scales/tensor_scale?, X?, w_mask?, recipe, seed, out_dtype, kernel)``: ``[N, K]``.
+
+The quantized operands are separate tensors so that the partitioner saves FP4 codes and scales for the
+backward instead of the high-precision activations. ``kernel`` is the lowering decision recorded per
+op; every op runs the reference (``fp4compile.reference.linear``) on the ``reference`` target.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fp4compile import formats
+from fp4compile.config import Recipe, get_recipe
+from fp4compile.quantized import QuantizedTensor
+from fp4compile.quantizers import get_quantizer
+from fp4compile.reference import linear as ref
+from fp4compile.seeds import derive_seed
+
+Tensor = torch.Tensor
+_STEPS: dict[tuple[int, str], int] = {}
+
+
+def _seed_value(seed: Tensor | None, fallback: int) -> int:
+    return fallback if seed is None else int(seed.item())
+
+
+def _check_kernel(kernel: str) -> None:
+    if kernel != "reference":
+        raise NotImplementedError(f"fp4compile: kernel target {kernel!r} has no implementation of this op in this version; use kernels='reference'")
+
+
+def _unflatten(recipe: Recipe, quantizer: str | None, codes: Tensor | None, scales: Tensor | None, tscale: Tensor | None, mask: Tensor | None = None):
+    if quantizer is None or codes is None:
+        return None
+    q = get_quantizer(quantizer)
+    return QuantizedTensor(codes, scales, q.scale_format, q.group_size, tscale, q.factor, None if mask is None else formats.unpack_bits(mask))
+
+
+# --------------------------------------------------------------------------------------------
+# step_seed
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fp4compile::step_seed", mutates_args=())
+def step_seed(anchor: Tensor, base_seed: int, site: str, state: int) -> Tensor:
+    step = _STEPS.get((state, site), 0)
+    _STEPS[(state, site)] = step + 1
+    return torch.tensor(ref.step_seed(base_seed, site, step), dtype=torch.int64)
+
+
+@step_seed.register_fake
+def _(anchor, base_seed, site, state):
+    return torch.empty((), dtype=torch.int64, device="cpu")
+
+
+def reset_steps(state: int) -> None:
+    """Forget the step counts of one compiled graph (its next call is step 0 again)."""
+    for key in [k for k in _STEPS if k[0] == state]:
+        del _STEPS[key]
+
+
+# --------------------------------------------------------------------------------------------
+# quantize (forward operands of the output GEMM)
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fp4compile::quantize", mutates_args=())
+def quantize(t: Tensor, recipe: str, operand: str, seed: Tensor | None, fallback_seed: int, kernel: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_kernel(kernel)
+    r = get_recipe(recipe)
+    s = _seed_value(seed, fallback_seed)
+    rot = r.output.rotation
+    name = r.output.a if operand == "input" else r.output.b
+    q = get_quantizer(name).quantize(rot.apply(t, ref.rotation_seed(s, "output")), derive_seed(s, "output", operand))
+    mask = formats.pack_bits(q.mask) if q.mask is not None else torch.empty(0, dtype=torch.uint8, device=t.device)
+    return q.codes, q.scales, q.tensor_scale.reshape(()).float(), mask
+
+
+@quantize.register_fake
+def _(t, recipe, operand, seed, fallback_seed, kernel):
+    r = get_recipe(recipe)
+    q = get_quantizer(r.output.a if operand == "input" else r.output.b)
+    rows, k = t.shape[:-1], t.shape[-1]
+    codes = t.new_empty((*rows, k // 2), dtype=torch.uint8)
+    scales = t.new_empty((*rows, k // q.group_size), dtype=torch.uint8)
+    tscale = t.new_empty((), dtype=torch.float32)
+    mask = t.new_empty((*rows, k // 8), dtype=torch.uint8) if q.has_mask else t.new_empty((0,), dtype=torch.uint8)
+    return codes, scales, tscale, mask
+
+
+# --------------------------------------------------------------------------------------------
+# output GEMM
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fp4compile::output_gemm", mutates_args=())
+def output_gemm(
+    x_codes: Tensor, x_scales: Tensor, x_tscale: Tensor, w_codes: Tensor, w_scales: Tensor, w_tscale: Tensor, recipe: str, out_dtype: torch.dtype, kernel: str
+) -> Tensor:
+    _check_kernel(kernel)
+    r = get_recipe(recipe)
+    xq = _unflatten(r, r.output.a, x_codes, x_scales, x_tscale)
+    wq = _unflatten(r, r.output.b, w_codes, w_scales, w_tscale)
+    return ref.output_gemm(xq, wq, out_dtype)  # [T, K] @ [K, N] -> [T, N]
+
+
+@output_gemm.register_fake
+def _(x_codes, x_scales, x_tscale, w_codes, w_scales, w_tscale, recipe, out_dtype, kernel):
+    return x_codes.new_empty((x_codes.shape[0], w_codes.shape[0]), dtype=out_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# backward GEMMs
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fp4compile::grad_input", mutates_args=())
+def grad_input(
+    grad: Tensor,
+    w_codes: Tensor | None,
+    w_scales: Tensor | None,
+    w_tscale: Tensor | None,
+    w_hp: Tensor | None,
+    x_mask: Tensor | None,
+    k: int,
+    recipe: str,
+    seed: Tensor,
+    out_dtype: torch.dtype,
+    kernel: str,
+) -> Tensor:
+    _check_kernel(kernel)
+    r = get_recipe(recipe)
+    wq = _unflatten(r, r.output.b, w_codes, w_scales, w_tscale)
+    mask = None if x_mask is None else formats.unpack_bits(x_mask)
+    # === GEMM 2: grad_input = E @ W   [T,N] @ [N,K] -> [T,K]
+    return ref.grad_input(grad, wq, w_hp, mask, r, int(seed.item()), out_dtype)
+
+
+@grad_input.register_fake
+def _(grad, w_codes, w_scales, w_tscale, w_hp, x_mask, k, recipe, seed, out_dtype, kernel):
+    return grad.new_empty((grad.shape[0], k), dtype=out_dtype)
+
+
+@torch.library.custom_op("fp4compile::grad_weight", mutates_args=())
+def grad_weight(
+    grad: Tensor,
+    x_codes: Tensor | None,
+    x_scales: Tensor | None,
+    x_tscale: Tensor | None,
+    x_hp: Tensor | None,
+    w_mask: Tensor | None,
+    k: int,
+    recipe: str,
+    seed: Tensor,
+    out_dtype: torch.dtype,
+    kernel: str,
+) -> Tensor:
+    _check_kernel(kernel)
+    r = get_recipe(recipe)
+    xq = _unflatten(r, r.output.a, x_codes, x_scales, x_tscale)
+    mask = None if w_mask is None else formats.unpack_bits(w_mask)
+    # === GEMM 3: grad_weight = E^T @ X   [N,T] @ [T,K] -> [N,K]
+    return ref.grad_weight(grad, xq, x_hp, mask, r, int(seed.item()), out_dtype)
+
+
+@grad_weight.register_fake
+def _(grad, x_codes, x_scales, x_tscale, x_hp, w_mask, k, recipe, seed, out_dtype, kernel):
+    return grad.new_empty((grad.shape[1], k), dtype=out_dtype)

@@ -1,0 +1,159 @@
+"""Pass 4: rewrite each quantized linear's GEMMs into fp4compile ops.
+
+Per linear layer (x2d ``[T,K]``, B = permute(W) ``[K,N]``, E ``[T,N]``):
+
+    w        = permute(B)                                       [N, K]
+    seed     = fp4compile.step_seed(w, base_seed, key, state)   (training graphs; fresh per call)
+    xq...    = fp4compile.quantize(x2d, recipe, "input", ...)   codes [T,K/2], scales, tensor scale, mask
+    wq...    = fp4compile.quantize(w,   recipe, "weight", ...)
+    y        = fp4compile.output_gemm(xq..., wq...) (+ bias)    [T, N]    replaces the forward addmm/mm
+    dX       = fp4compile.grad_input(E, wq..., x_mask, ...)     [T, K]    replaces the grad_input mm
+    dW       = fp4compile.grad_weight(E, xq..., w_mask, ...)    [N, K]    replaces the grad_weight mm
+
+Because the backward ops read the quantize outputs, the partitioner saves FP4 codes and scales for the
+backward instead of the high-precision activation (unless the recipe reads the high-precision X, as
+NVIDIA's does). When the forward quantizers are deterministic the quantize ops get no seed, so equal
+calls (the same x feeding q, k and v projections) are merged by common-subexpression elimination and
+x is quantized once. Every inserted node gets ``meta["val"]`` from its fake implementation.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+from torch._guards import detect_fake_mode
+from torch.utils.checkpoint import CheckpointPolicy
+
+import fp4compile.ops  # noqa: F401  (registers torch.ops.fp4compile)
+from fp4compile.config import Source
+from fp4compile.passes.context import PassContext
+from fp4compile.passes.site import MatmulSite, Role
+from fp4compile.quantizers import get_quantizer
+from fp4compile.reference.linear import step_seed
+
+aten = torch.ops.aten
+fp4 = torch.ops.fp4compile
+
+
+class _Builder:
+    """Inserts nodes with ``meta["val"]`` computed under the graph's fake mode."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.graph = gm.graph
+        vals = [n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"]
+        self.fake_mode = detect_fake_mode([v for v in vals if v is not None])
+
+    def call(self, target, *args, like: fx.Node | None = None) -> fx.Node:
+        node = self.graph.call_function(target, args)
+        fake_args = [a.meta["val"] if isinstance(a, fx.Node) else a for a in args]
+        if self.fake_mode is not None:
+            with self.fake_mode:
+                node.meta["val"] = target(*fake_args)
+        else:
+            node.meta["val"] = target(*fake_args)
+        if like is not None:
+            for key in ("nn_module_stack", "fwd_nn_module_stack", "seq_nr", "partitioner_tag", "stack_trace", "autograd_backward"):
+                if key in like.meta:
+                    node.meta[key] = like.meta[key]
+        node.meta["fp4compile_seen"] = True
+        return node
+
+    def getitems(self, node: fx.Node, n: int) -> list[fx.Node]:
+        out = []
+        for i in range(n):
+            item = self.graph.call_function(operator.getitem, (node, i))
+            item.meta["val"] = node.meta["val"][i]
+            for key in ("partitioner_tag", "seq_nr", "nn_module_stack"):
+                if key in node.meta:
+                    item.meta[key] = node.meta[key]
+            out.append(item)
+        return out
+
+
+def _forward_is_random(ctx: PassContext) -> bool:
+    spec = ctx.options.recipe.output
+    return spec.rotation.is_random or any(q is not None and get_quantizer(q).stochastic for q in (spec.a, spec.b))
+
+
+def _rewrite_linear(gm: fx.GraphModule, ctx: PassContext, b: _Builder, fwd: MatmulSite, backward: list[MatmulSite]) -> None:
+    recipe, opts = ctx.options.recipe, ctx.options
+    kernel = fwd.kernel
+    node = fwd.node
+    out_dtype = node.meta["val"].dtype
+    k = fwd.a.meta["val"].shape[-1]
+    needs_seed = ctx.training and (bool(backward) or _forward_is_random(ctx))
+    random_forward = _forward_is_random(ctx)
+    with b.graph.inserting_before(node):
+        w = b.call(aten.permute.default, fwd.b, [1, 0], like=node)  # [K,N] -> [N,K]
+        seed = None
+        if needs_seed:
+            seed = b.call(fp4.step_seed.default, w, opts.seed, fwd.key, ctx.state, like=node)
+            seed.meta["recompute"] = CheckpointPolicy.MUST_SAVE  # one draw per call, in the forward: never recompute it
+        # x gets no seed when the forward is deterministic, so that equal quantizations of one x merge;
+        # W always gets the step's seed, which also places the draw in the forward (then saved).
+        fallback = step_seed(opts.seed, fwd.key, -1)
+        x_seed = seed if random_forward else None
+        xq = b.getitems(b.call(fp4.quantize.default, fwd.a, recipe.name, "input", x_seed, fallback if random_forward else 0, kernel, like=node), 4)
+        wq = b.getitems(b.call(fp4.quantize.default, w, recipe.name, "weight", seed, fallback, kernel, like=node), 4)
+        y = b.call(fp4.output_gemm.default, xq[0], xq[1], xq[2], wq[0], wq[1], wq[2], recipe.name, out_dtype, kernel, like=node)
+        if fwd.bias is not None:
+            y = b.call(aten.add.Tensor, y, fwd.bias, like=node)
+    node.replace_all_uses_with(y)
+    gm.graph.erase_node(node)
+    ctx.counters["rewritten_forward"] += 1
+
+    x_mask = xq[3] if get_quantizer(recipe.output.a).has_mask else None
+    w_mask = wq[3] if get_quantizer(recipe.output.b).has_mask else None
+    w_quantized = recipe.weight_for_backward is Source.QUANTIZED
+    x_quantized = recipe.input_for_backward is Source.QUANTIZED
+    fwd.saved_input_nodes = tuple(n.name for n in (xq[:3] + ([x_mask] if x_mask is not None else []))) if x_quantized else (fwd.a.name,)
+    for site in backward:
+        bnode = site.node
+        out_dtype = bnode.meta["val"].dtype
+        with b.graph.inserting_before(bnode):
+            if site.role is Role.GRAD_INPUT:
+                grad = bnode.args[0]  # E [T, N]
+                w_parts = wq[:3] if w_quantized else [None, None, None]
+                w_hp = None if w_quantized else w
+                new = b.call(fp4.grad_input.default, grad, *w_parts, w_hp, x_mask, k, recipe.name, seed, out_dtype, site.kernel, like=bnode)
+            else:
+                e_t = bnode.args[0]  # permute(E) [N, T]
+                grad = e_t.args[0] if e_t.op == "call_function" and e_t.target == aten.permute.default else b.call(aten.permute.default, e_t, [1, 0], like=bnode)
+                x_parts = xq[:3] if x_quantized else [None, None, None]
+                x_hp = None if x_quantized else fwd.a
+                new = b.call(fp4.grad_weight.default, grad, *x_parts, x_hp, w_mask, k, recipe.name, seed, out_dtype, site.kernel, like=bnode)
+        bnode.replace_all_uses_with(new)
+        gm.graph.erase_node(bnode)
+        ctx.counters[f"rewritten_{site.role.value}"] += 1
+
+
+def _backward_form_ok(site: MatmulSite, fwd: MatmulSite) -> bool:
+    """The forms we rewrite: grad_input = mm(E, .) -> [T,K]; grad_weight = mm(permute(E), x2d) -> [N,K]."""
+    node = site.node
+    if node.target != aten.mm.default:
+        return False
+    if site.role is Role.GRAD_INPUT:
+        return tuple(node.meta["val"].shape) == tuple(fwd.a.meta["val"].shape)
+    return node.args[1] is fwd.a
+
+
+def rewrite_linears(gm: fx.GraphModule, ctx: PassContext) -> None:
+    b = _Builder(gm)
+    for sites in ctx.linears().values():
+        fwd = next((s for s in sites if s.role is Role.FORWARD), None)
+        if fwd is None or not fwd.quantized or fwd.node.graph is not gm.graph or fwd.node.meta.get("fp4compile_rewritten"):
+            continue
+        backward = []
+        for site in sites:
+            if site.role in (Role.GRAD_INPUT, Role.GRAD_WEIGHT) and site.quantized:
+                if _backward_form_ok(site, fwd):
+                    backward.append(site)
+                else:
+                    site.decide(False, f"unrecognised {site.role.value} GEMM form {site.node.format_node()}")
+        fwd.node.meta["fp4compile_rewritten"] = True
+        _rewrite_linear(gm, ctx, b, fwd, backward)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
