@@ -4,7 +4,10 @@ The public surface: recipes and quantizers (with the plug-in registry), the refe
 (``fake_quantize``), the eager reference linear, and, with the backend, ``explain``.
 """
 
+from fp4compile.backend import quartet_backend
 from fp4compile.config import Gemm, GemmRecipe, Recipe, Source, get_recipe, recipes, register_recipe
+from fp4compile.explain import Report, explain
+from fp4compile.passes import MatmulSite, PassContext, register_pass
 from fp4compile.quantized import QuantizedTensor, ScaleFormat
 from fp4compile.quantizers import Quantizer, fake_quantize, get_quantizer, quantizers, register_quantizer
 from fp4compile.reference.linear import ReferenceLinear, quantize_linears, reference_linear
@@ -12,6 +15,12 @@ from fp4compile.rotations import Rotation, RotationKind
 
 __all__ = [
     "Gemm",
+    "MatmulSite",
+    "PassContext",
+    "Report",
+    "explain",
+    "quartet_backend",
+    "register_pass",
     "GemmRecipe",
     "QuantizedTensor",
     "Quantizer",

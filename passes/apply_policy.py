@@ -14,11 +14,11 @@ import warnings
 import torch
 import torch.fx as fx
 
+from fp4compile.lowering.select import select_kernel
 from fp4compile.options import BadShape
 from fp4compile.passes.context import PassContext
 from fp4compile.passes.site import MatmulSite, Role
 from fp4compile.reference.linear import skip_reason
-from fp4compile.lowering.select import select_kernel
 
 aten = torch.ops.aten
 
