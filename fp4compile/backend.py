@@ -117,20 +117,6 @@ def _saved_tensors(backward: fx.GraphModule, param_placeholders: set[str]) -> li
     return out
 
 
-def _input_bytes(record: GraphRecord) -> None:
-    """Per site: bytes the backward keeps of the layer's input x, against x in BF16."""
-    saved = {s.name: s for s in record.saved}
-    for site in record.sites:
-        if site.role.value != "forward" or not site.quantized or site.a is None:
-            continue
-        val = site.a.meta.get("val")
-        site.bytes_bf16_input = _numel(val.shape) * 2
-        kept = [saved[n].nbytes for n in site.saved_input_nodes if n in saved]
-        if site.a.name in saved and site.a.name not in site.saved_input_nodes:
-            kept.append(saved[site.a.name].nbytes)  # x itself is kept too (another consumer needs it)
-        site.bytes_saved_input = sum(kept)
-
-
 class _JointPass:
     """The pipeline in Inductor's ``joint_custom_pre_pass`` slot (a CustomGraphPass with a stable uuid)."""
 
@@ -180,7 +166,6 @@ def quartet_backend(gm: fx.GraphModule, example_inputs, options: dict | None = N
         record.code[kind] = graph.print_readable(print_output=False)
         if kind == "backward":
             record.saved = _saved_tensors(graph, param_placeholders)
-            _input_bytes(record)
         _publish(record)
 
     for records in _RECORDERS:

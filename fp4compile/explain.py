@@ -91,7 +91,11 @@ class Report:
 
     def table(self) -> str:
         rows = [("module", "role", "shape", "fp4", "quantizers / reason", "kernel")]
+        order = {}
         for s in self.sites:
+            order.setdefault(s.key or s.name, len(order))
+        roles = [Role.FORWARD, Role.GRAD_INPUT, Role.GRAD_WEIGHT, Role.BACKWARD, Role.UNPAIRED]
+        for s in sorted(self.sites, key=lambda s: (order[s.key or s.name], roles.index(s.role))):
             what = s.quantizers if s.quantized else s.reason
             if s.notes:
                 what += " [" + "; ".join(s.notes) + "]"
@@ -113,7 +117,7 @@ class Report:
             saved += f" vs {_fmt_bytes(base)} with the bf16 control ({self.saved_bytes / base:.2f}x)"
         parts.append(saved)
         for key, ratio in self.input_ratios().items():
-            parts.append(f"  input of {key}: kept {ratio:.3f}x of its BF16 size")
+            parts.append(f"  input of {key}: the backward reads {ratio:.3f}x of its BF16 size")
         return "\n".join(parts)
 
     __repr__ = __str__
@@ -155,7 +159,7 @@ def graph_to_dot(gm: fx.GraphModule, title: str) -> str:
     """A Graphviz drawing of a graph: fp4compile ops filled orange, GEMMs left in high precision grey."""
     lines = [f'digraph "{title}" {{', "  rankdir=TB; node [shape=box, fontsize=10, style=filled, fillcolor=white];"]
     for node in gm.graph.nodes:
-        label = node.name if node.op != "call_function" else f"{node.name}\\n{getattr(node.target, '__name__', str(node.target))}"
+        label = node.name if node.op != "call_function" else f"{node.name}\\n{node.target}"
         val = node.meta.get("val")
         if isinstance(val, torch.Tensor):
             label += f"\\n{str(val.dtype).replace('torch.', '')}[{','.join(map(str, val.shape))}]"

@@ -72,6 +72,14 @@ class _Builder:
         return out
 
 
+def _nbytes(node: fx.Node) -> int:
+    val = node.meta["val"]
+    n = 1
+    for d in val.shape:
+        n *= int(d) if isinstance(d, int) else int(d.node.hint or 0)
+    return n * val.element_size()
+
+
 def _forward_is_random(ctx: PassContext) -> bool:
     spec = ctx.options.recipe.output
     return spec.rotation.is_random or any(q is not None and get_quantizer(q).stochastic for q in (spec.a, spec.b))
@@ -108,7 +116,12 @@ def _rewrite_linear(gm: fx.GraphModule, ctx: PassContext, b: _Builder, fwd: Matm
     w_mask = wq[3] if get_quantizer(recipe.output.b).has_mask else None
     w_quantized = recipe.weight_for_backward is Source.QUANTIZED
     x_quantized = recipe.input_for_backward is Source.QUANTIZED
-    fwd.saved_input_nodes = tuple(n.name for n in (xq[:3] + ([x_mask] if x_mask is not None else []))) if x_quantized else (fwd.a.name,)
+    # what the backward reads of x, against x in BF16 (if nothing reads it, nothing is kept)
+    read = (xq[:3] + ([x_mask] if x_mask is not None else [])) if x_quantized else [fwd.a]
+    if not any(s.role is Role.GRAD_WEIGHT for s in backward):
+        read = [x_mask] if x_mask is not None and any(s.role is Role.GRAD_INPUT for s in backward) else []
+    fwd.bytes_saved_input = sum(_nbytes(n) for n in read)
+    fwd.bytes_bf16_input = _nbytes(fwd.a) // fwd.a.meta["val"].element_size() * 2
     for site in backward:
         bnode = site.node
         out_dtype = bnode.meta["val"].dtype
@@ -143,7 +156,10 @@ def rewrite_linears(gm: fx.GraphModule, ctx: PassContext) -> None:
     b = _Builder(gm)
     for sites in ctx.linears().values():
         fwd = next((s for s in sites if s.role is Role.FORWARD), None)
-        if fwd is None or not fwd.quantized or fwd.node.graph is not gm.graph or fwd.node.meta.get("fp4compile_rewritten"):
+        if fwd is None or not fwd.quantized or fwd.node.meta.get("fp4compile_rewritten"):
+            for site in sites:
+                if site.quantized and site.role is not Role.FORWARD and site.node.meta.get("fp4compile_rewritten") is None:
+                    site.decide(False, "its forward GEMM stays in high precision")
             continue
         backward = []
         for site in sites:

@@ -41,15 +41,14 @@ class MatmulSite:
     kernel: str = ""
     kernel_reason: str = ""
     quantizers: str = ""
-    bytes_saved_input: int | None = None  # what the backward keeps of x (FP4 form or x itself)
-    bytes_bf16_input: int | None = None  # the same activation in BF16
+    bytes_saved_input: int | None = None  # what the backward reads of x (FP4 codes, scales, mask; or x)
+    bytes_bf16_input: int | None = None  # x in BF16
     notes: list[str] = field(default_factory=list)
     # set by the passes for the rewrite: the forward operands, and the rewritten nodes
     a: fx.Node | None = None
     b: fx.Node | None = None
     bias: fx.Node | None = None
     weight_node: fx.Node | None = None
-    saved_input_nodes: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
