@@ -37,7 +37,7 @@ class _OnDevice(torch.nn.Module):
 def test_cuda_compiled_equals_eager_fp32(recipe):
     compiled = torch.compile(_OnDevice(make_tiny().cuda()), backend="quartet", options={"recipe": recipe, "seed": 1})
     got = train_steps(compiled, 2)
-    eager = train_steps(_OnDevice(f4.quantize_linears(make_tiny().cuda(), recipe, seed=1)), 2)
+    eager = train_steps(f4.quantize_linears(_OnDevice(make_tiny().cuda()), recipe, seed=1), 2)
     for (la, ga), (lb, gb) in zip(got, eager, strict=True):
         assert abs(la - lb) <= 1e-5 * abs(lb)
         for name in gb:
@@ -50,7 +50,7 @@ def test_cuda_bf16_close_to_eager(recipe):
     every op; FP4 rounding then flips for a few values, so the runs agree closely but not exactly."""
     compiled = torch.compile(_OnDevice(make_tiny().cuda().bfloat16()), backend="quartet", options={"recipe": recipe, "seed": 1})
     (la, ga), = train_steps(compiled, 1)
-    (lb, gb), = train_steps(_OnDevice(f4.quantize_linears(make_tiny().cuda().bfloat16(), recipe, seed=1)), 1)
+    (lb, gb), = train_steps(f4.quantize_linears(_OnDevice(make_tiny().cuda().bfloat16()), recipe, seed=1), 1)
     assert abs(la - lb) <= 1e-2 * abs(lb)
     for name in gb:
         assert sqnr_db(ga[name].float(), gb[name].float()) > 10, name
