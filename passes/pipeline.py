@@ -21,7 +21,7 @@ from fp4compile.passes.assign_roles import assign_roles
 from fp4compile.passes.context import PassContext
 from fp4compile.passes.find_matmuls import find_matmuls
 from fp4compile.passes.rewrite_linears import rewrite_linears
-from fp4compile.passes.verify import verify_graph
+from fp4compile.passes.verify import check_invariants, verify_graph
 
 log = logging.getLogger("fp4compile")
 Pass = Callable[[fx.GraphModule, PassContext], None]
@@ -74,7 +74,6 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext) -> None:
     for name, fn in list(_PIPELINE):
         fn(gm, ctx)
         if ctx.options.debug:
-            gm.graph.lint()
+            check_invariants(gm)
             gm.recompile()
-            verify_graph(gm, ctx)
         log.debug("fp4compile pass %s: %d sites", name, len(ctx.sites))

@@ -28,6 +28,7 @@ from torch.utils.checkpoint import CheckpointPolicy
 
 import fp4compile.ops  # noqa: F401  (registers torch.ops.fp4compile)
 from fp4compile.config import Source
+from fp4compile.passes.assign_roles import source
 from fp4compile.passes.context import PassContext
 from fp4compile.passes.site import MatmulSite, Role
 from fp4compile.quantizers import get_quantizer
@@ -132,11 +133,18 @@ def _rewrite_linear(gm: fx.GraphModule, ctx: PassContext, b: _Builder, fwd: Matm
                 w_hp = None if w_quantized else w
                 new = b.call(fp4.grad_input.default, grad, *w_parts, w_hp, x_mask, k, recipe.name, seed, out_dtype, site.kernel, like=bnode)
             else:
-                e_t = bnode.args[0]  # permute(E) [N, T]
-                grad = e_t.args[0] if e_t.op == "call_function" and e_t.target == aten.permute.default else b.call(aten.permute.default, e_t, [1, 0], like=bnode)
+                # mm(permute(E) [N,T], x2d) -> dW [N,K]; or mm(permute(x2d), E [T,N]) -> dW^T [K,N]
+                transposed = source(bnode.args[0]) is source(fwd.a)
+                if transposed:
+                    grad = bnode.args[1]
+                else:
+                    e_t = bnode.args[0]
+                    grad = e_t.args[0] if e_t.op == "call_function" and e_t.target == aten.permute.default else b.call(aten.permute.default, e_t, [1, 0], like=bnode)
                 x_parts = xq[:3] if x_quantized else [None, None, None]
                 x_hp = None if x_quantized else fwd.a
                 new = b.call(fp4.grad_weight.default, grad, *x_parts, x_hp, w_mask, k, recipe.name, seed, out_dtype, site.kernel, like=bnode)
+                if transposed:
+                    new = b.call(aten.permute.default, new, [1, 0], like=bnode)
         bnode.replace_all_uses_with(new)
         gm.graph.erase_node(bnode)
         ctx.counters[f"rewritten_{site.role.value}"] += 1
@@ -149,17 +157,19 @@ def _backward_form_ok(site: MatmulSite, fwd: MatmulSite) -> bool:
         return False
     if site.role is Role.GRAD_INPUT:
         return tuple(node.meta["val"].shape) == tuple(fwd.a.meta["val"].shape)
-    return node.args[1] is fwd.a
+    return node.args[1] is fwd.a or (source(node.args[0]) is source(fwd.a) and node.args[1] is not fwd.a)
 
 
 def rewrite_linears(gm: fx.GraphModule, ctx: PassContext) -> None:
     b = _Builder(gm)
     for sites in ctx.linears().values():
         fwd = next((s for s in sites if s.role is Role.FORWARD), None)
-        if fwd is None or not fwd.quantized or fwd.node.meta.get("fp4compile_rewritten"):
+        if fwd is None or not fwd.quantized:
             for site in sites:
-                if site.quantized and site.role is not Role.FORWARD and site.node.meta.get("fp4compile_rewritten") is None:
+                if site.quantized and site.role is not Role.FORWARD:
                     site.decide(False, "its forward GEMM stays in high precision")
+            continue
+        if fwd.node.meta.get("fp4compile_rewritten"):  # an earlier run of the pipeline did it
             continue
         backward = []
         for site in sites:

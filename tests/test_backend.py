@@ -179,3 +179,45 @@ def test_errors_are_clear():
 
 def test_entry_point_registered():
     assert "quartet" in torch._dynamo.list_backends()
+
+
+def test_pipeline_is_idempotent(monkeypatch):
+    import fp4compile.backend as backend
+
+    codes = []
+
+    def twice(gm, ctx):
+        backend_run(gm, ctx)
+        codes.append(gm.code)
+        backend_run(gm, ctx)
+        codes.append(gm.code)
+
+    backend_run = backend.run_pipeline
+    monkeypatch.setattr(backend, "run_pipeline", twice)
+    with recording() as records:
+        torch.compile(make_tiny(), backend="quartet", options={"debug": True})(*batch()).backward()
+    assert len(codes) == 2 and codes[0] == codes[1]
+    assert sum(s.quantized for s in records[0].sites) == 8  # decisions are not duplicated
+
+
+class _RawMatmul(torch.nn.Module):
+    """A linear written as x @ W with W stored [K, N] (the transposed operand form), on a 3-D input."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(64, 32) / 8)
+
+    def forward(self, x):
+        return (x @ self.w).relu().sum()
+
+
+def test_transposed_weight_operand():
+    torch.manual_seed(0)
+    model = _RawMatmul()
+    x = torch.randn(2, 8, 64, requires_grad=True)
+    with recording() as records:
+        torch.compile(model, backend="quartet", options={"recipe": "quartet2"})(x).backward()
+    roles = sorted(s.role.value for s in records[0].sites if s.quantized)
+    assert roles == ["forward", "grad_input", "grad_weight"], [(s.role, s.reason) for s in records[0].sites]
+    expected_w = torch.autograd.grad((x @ model.w).relu().sum(), model.w)[0]
+    assert model.w.grad.shape == (64, 32) and torch.nn.functional.cosine_similarity(model.w.grad.flatten(), expected_w.flatten(), dim=0) > 0.9
