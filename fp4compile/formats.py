@@ -61,13 +61,14 @@ def _magnitude_to_code(mag: torch.Tensor) -> torch.Tensor:
 
 
 def _with_sign(code: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return code | (torch.signbit(x).to(torch.uint8) << 3)
+    negative = torch.signbit(x) & ~torch.isnan(x)  # NaN encodes as +6, whatever its sign bit
+    return code | (negative.to(torch.uint8) << 3)
 
 
 def e2m1_encode_rtn(x: torch.Tensor) -> torch.Tensor:
     """Round ``x`` (already divided by its scale) to E2M1 codes, nearest-even, saturating at +-6.
 
-    Returns uint8 codes 0..15 of the same shape. NaN encodes as 6 (E2M1 has no NaN): the scale of
+    Returns uint8 codes 0..15 of the same shape. NaN encodes as +6 (E2M1 has no NaN): the scale of
     a group holding a NaN is NaN, which is what carries the NaN to the dequantized value.
     """
     mag = torch.nan_to_num(x.float().abs(), nan=E2M1_MAX).clamp(max=E2M1_MAX)

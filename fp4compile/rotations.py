@@ -97,14 +97,17 @@ class Rotation:
         return self._blocks(x, seed, inverse=True)
 
     def _blocks(self, x: torch.Tensor, seed: int | None, inverse: bool) -> torch.Tensor:
+        # (x @ (M / c)) * c with c = float32(1/sqrt(g)): the +-1 sums are exact whenever the inputs are
+        # (e.g. dequantized FP4 values), and the scale rounds once; the kernels compute the same.
         if self.is_identity:
             return x.float()
         self.check_dim(x.shape[-1])
-        m = self.matrix(seed, x.device)
+        c = torch.tensor(1.0 / self.size**0.5, dtype=torch.float32)
+        m = self.matrix(seed, x.device) / c.to(x.device)  # entries exactly +-1
         if inverse:
             m = m.t()
         blocks = x.float().unflatten(-1, (-1, self.size))  # [..., K/g, g]
-        return (blocks @ m).flatten(-2)
+        return ((blocks @ m) * c.to(x.device)).flatten(-2)
 
 
 NO_ROTATION = Rotation()

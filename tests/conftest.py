@@ -5,10 +5,23 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import pytest
 import torch
 
+# Without a GPU, Triton kernels run under its CPU interpreter (set before any kernel module is imported).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+requires_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+
+
+def kernel_device() -> str:
+    """Where kernel tests run: the GPU if there is one, else the CPU under TRITON_INTERPRET=1."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def sqnr_db(actual: torch.Tensor, reference: torch.Tensor) -> float:

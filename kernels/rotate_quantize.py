@@ -1,0 +1,472 @@
+"""Fused rotate-quantize Triton kernels: one pass over the input per quantization.
+
+Each program takes a tile of ``BLOCK_R`` output rows x ``BLOCK_K`` elements along the quantization axis
+(a multiple of the rotation size G, the scale group and 8) and does, in registers:
+
+1. load the tile, either from a dense tensor with any strides (so ``X^T`` along T is read from ``X``
+   without materialising the transpose) or from a packed FP4 tensor (codes, scales, tensor scale,
+   decode factor), dequantized on load and read transposed: the backward's re-quantization of the
+   forward-quantized W and X;
+2. rotate along the axis by a G x G matrix ``M`` (fixed or random-sign Hadamard, built on the host from
+   the seed exactly as the reference builds it) as a small matmul (``tl.dot``);
+3. compute the group scales and round: MXFP4 rules OCP / QuEST (with trust mask) / Tseng 3/4 (RTN or
+   SR), NVFP4 rules RTN (any val_max) / 4-over-6 / SR / MS-EDEN (per-group correction and stochastic
+   rounding of the corrected E4M3 scale). NVFP4's FP32 tensor scale comes from a first pass over the
+   (rotated) input, :func:`rotated_amax`;
+4. write packed E2M1 codes ``[R, K/2]``, scale bytes ``[R, K/group]`` and the mask bits ``[R, K/8]``.
+
+Arithmetic follows ``fp4compile.reference`` operation for operation (same FP32 expressions, RNE via the
+1.5 * 2^23 trick, E4M3 rounding by the FP8 conversion), so codes and scales match the reference bit for
+bit for non-rotating deterministic rules; with a rotation the FP32 sums of the matmul may differ from the
+reference's in the last bit, which flips a code only when a value sits on a rounding boundary (tests
+measure the rate). Stochastic rounding draws counter-based uniforms (``tl.rand`` keyed by seed and element
+index) or, for bit-exact tests, reads the reference's uniforms from a tensor.
+
+Reference twins: ``fp4compile.reference.mxfp4`` and ``fp4compile.reference.nvfp4``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Rules (constexpr RULE)
+MX_OCP, MX_QUEST, MX_TSENG = 0, 1, 2
+NV_RTN, NV_4OVER6, NV_EDEN = 10, 11, 12
+
+_MAGIC = 12582912.0  # 1.5 * 2^23: (v + MAGIC) - MAGIC rounds |v| < 2^22 to the nearest integer, ties to even
+
+
+@triton.jit
+def _rne(v):
+    return (v + _MAGIC) - _MAGIC
+
+
+@triton.jit
+def _e2m1_magnitude_rtn(mag):
+    """|x| (already clamped to [0, 6], NaN-free) -> nearest E2M1 magnitude, ties to the even code."""
+    return tl.where(mag < 2.0, _rne(mag * 2.0) * 0.5, tl.where(mag < 4.0, _rne(mag), _rne(mag * 0.5) * 2.0))
+
+
+@triton.jit
+def _e2m1_magnitude_sr(mag, u):
+    """Stochastic rounding between the two E2M1 neighbours of mag in [0, 6]: up with p = (mag-lo)/(hi-lo)."""
+    lo = tl.where(mag < 2.0, tl.floor(mag * 2.0) * 0.5, tl.where(mag < 4.0, tl.floor(mag), tl.floor(mag * 0.5) * 2.0))
+    lo = tl.minimum(lo, 6.0)
+    hi = tl.where(lo < 2.0, lo + 0.5, tl.where(lo < 4.0, lo + 1.0, lo + 2.0))
+    hi = tl.minimum(hi, 6.0)
+    p = tl.where(hi > lo, (mag - lo) / (hi - lo), 0.0)
+    return tl.where(u < p, hi, lo)
+
+
+@triton.jit
+def _code(q, x):
+    """E2M1 magnitude q (on the grid) and the sign of x -> code 0..15 (int32)."""
+    c = tl.where(q <= 2.0, q * 2.0, tl.where(q == 3.0, 5.0, tl.where(q == 4.0, 6.0, 7.0))).to(tl.int32)
+    sign = tl.where(x != x, 0, (x.to(tl.int32, bitcast=True) >> 31) & 1)  # NaN encodes as +6
+    return c | (sign << 3)
+
+
+@triton.jit
+def _clamp_mag(v):
+    mag = tl.abs(v)
+    mag = tl.where(mag != mag, 6.0, mag)  # NaN -> 6 (the NaN scale carries it)
+    return tl.minimum(mag, 6.0)
+
+
+@triton.jit
+def _exp_floor(v):
+    """floor(log2 v) for positive normal float32 v, from the exponent bits (int32)."""
+    return ((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+
+
+@triton.jit
+def _pow2(e):
+    """2^e as float32 for integer e in [-127, 127] (2^-127 is the FP32 subnormal 0x00400000)."""
+    bits = tl.where(e <= -127, 0x00400000, (e + 127) << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _e4m3_rn(v):
+    """Non-negative float32 -> (E4M3 value as float32, byte): RNE, saturating at 448, NaN -> 0x7F.
+
+    Done in integer/FP32 arithmetic rather than by an FP8 conversion (which Triton's CPU interpreter gets
+    wrong when rounding carries into the next binade). With E = max(floor(log2 v), -6) the quantum is
+    2^(E-3); q = RNE(v / 2^(E-3)) is in [0, 16] and byte = (E + 7) * 8 + q - 8 also covers the carry
+    (q = 16) and the subnormals (E = -6, byte = q).
+    """
+    sat = tl.minimum(v, 448.0)
+    e = tl.maximum(_exp_floor(sat), -6)
+    q = _rne(sat * _pow2(3 - e))
+    byte = (e + 7) * 8 + q.to(tl.int32) - 8
+    value = q * _pow2(e - 3)
+    nan = v != v
+    return tl.where(nan, float("nan"), value), tl.where(nan, 0x7F, byte)
+
+
+@triton.jit
+def _e4m3_from_byte(b):
+    """E4M3 byte (non-negative) -> float32, in integer arithmetic; 0x7F -> NaN."""
+    b = b.to(tl.int32)
+    e_bits = b >> 3
+    m = (b & 7).to(tl.float32)
+    value = tl.where(e_bits == 0, m * 0.001953125, (8.0 + m) * _pow2(e_bits - 10))
+    return tl.where(b == 0x7F, float("nan"), value)
+
+
+@triton.jit
+def _load_tile(
+    x_ptr, stride_r, stride_k, codes_ptr, scales_ptr, scale_stride, tscale_ptr, src_factor,
+    rows, ks, R, K,
+    SRC_PACKED: tl.constexpr, SRC_E8M0: tl.constexpr, SRC_GROUP: tl.constexpr,
+):
+    """The [BLOCK_R, BLOCK_K] input tile as float32, zero outside [R, K].
+
+    Dense: element (r, k) at x_ptr + r*stride_r + k*stride_k. Packed: the logical input is the transpose
+    of a quantized tensor Q [K_src_rows, R] (codes [.., R/2], scales [.., R/SRC_GROUP]): element (r, k) is
+    Q[k, r] = e2m1 * scale * (tensor_scale * factor).
+    """
+    r2 = rows[:, None]
+    k2 = ks[None, :]
+    inside = (r2 < R) & (k2 < K)
+    if SRC_PACKED:
+        byte = tl.load(codes_ptr + k2 * stride_k + r2 // 2, mask=inside, other=0).to(tl.int32)
+        code = (byte >> ((r2 % 2) * 4)) & 0xF
+        mag = tl.where((code & 7) < 5, (code & 7).to(tl.float32) * 0.5, tl.where((code & 7) == 5, 3.0, tl.where((code & 7) == 6, 4.0, 6.0)))
+        val = tl.where((code & 8) != 0, -mag, mag)
+        sbyte = tl.load(scales_ptr + k2 * scale_stride + r2 // SRC_GROUP, mask=inside, other=0)
+        if SRC_E8M0:
+            sb = sbyte.to(tl.int32)
+            scale = tl.where(sb == 255, float("nan"), _pow2(sb - 127))
+        else:
+            scale = _e4m3_from_byte(sbyte)
+        alpha = tl.load(tscale_ptr) * src_factor
+        x = tl.where(inside, (val * scale) * alpha, 0.0)
+    else:
+        x = tl.load(x_ptr + r2 * stride_r + k2 * stride_k, mask=inside, other=0.0).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _rotate(x, h_ptr, rot_scale, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr):
+    """x [BLOCK_R, BLOCK_K] -> x @ blockdiag(M) along the last axis.
+
+    h_ptr holds M / rot_scale (entries exactly +-1, so exact in bf16); the product is scaled by rot_scale
+    (= the reference's float32 1/sqrt(G)) after the FP32 accumulation.
+    """
+    offs = tl.arange(0, G)
+    m = tl.load(h_ptr + offs[:, None] * G + offs[None, :])
+    blocks = tl.reshape(x, (BLOCK_R * (BLOCK_K // G), G))
+    if PRECISION == "bf16":
+        out = tl.dot(blocks.to(tl.bfloat16), m.to(tl.bfloat16), out_dtype=tl.float32)
+    else:
+        out = tl.dot(blocks, m, input_precision=PRECISION, out_dtype=tl.float32)
+    return tl.reshape(out * rot_scale, (BLOCK_R, BLOCK_K))
+
+
+@triton.jit
+def rotated_amax_kernel(
+    x_ptr, stride_r, stride_k, codes_ptr, scales_ptr, scale_stride, tscale_ptr, src_factor, h_ptr, rot_scale, amax_ptr, R, K,
+    SRC_PACKED: tl.constexpr, SRC_E8M0: tl.constexpr, SRC_GROUP: tl.constexpr,
+    G: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """amax over finite values of the (rotated) input, into amax_ptr (float32, pre-zeroed) by atomic max."""
+    pid_r = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    x = _load_tile(x_ptr, stride_r, stride_k, codes_ptr, scales_ptr, scale_stride, tscale_ptr, src_factor, rows, ks, R, K,
+                   SRC_PACKED, SRC_E8M0, SRC_GROUP)
+    if G > 0:
+        x = _rotate(x, h_ptr, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
+    a = tl.abs(x)
+    finite = a < float("inf")  # False for Inf and NaN
+    m = tl.max(tl.max(tl.where(finite, a, 0.0), axis=1), axis=0)
+    tl.atomic_max(amax_ptr, m)
+
+
+@triton.jit
+def quantize_kernel(
+    # input (dense, any strides) or packed FP4 source read transposed
+    x_ptr, stride_r, stride_k, codes_src_ptr, scales_src_ptr, src_scale_stride, tscale_src_ptr, src_factor,
+    # rotation, tensor scale (NVFP4), uniforms (optional), outputs
+    h_ptr, rot_scale, s32_ptr, u_ptr, us_ptr, codes_ptr, scales_ptr, mask_ptr,
+    R, K, K_OUT, seed,
+    # NVFP4 val_max for RTN / EDEN, correction group for EDEN
+    val_max,
+    RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
+    SRC_PACKED: tl.constexpr, SRC_E8M0: tl.constexpr, SRC_GROUP: tl.constexpr,
+    HAS_U: tl.constexpr, WRITE_MASK: tl.constexpr, CORR: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    x = _load_tile(x_ptr, stride_r, stride_k, codes_src_ptr, scales_src_ptr, src_scale_stride, tscale_src_ptr, src_factor,
+                   rows, ks, R, K, SRC_PACKED, SRC_E8M0, SRC_GROUP)
+    if G > 0:
+        x = _rotate(x, h_ptr, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
+    NG: tl.constexpr = BLOCK_K // GROUP
+    xg = tl.reshape(x, (BLOCK_R, NG, GROUP))
+    amax = tl.max(tl.abs(xg), axis=2)  # [BLOCK_R, NG] (tl.max skips NaN: flag it separately)
+    has_nan = tl.max((xg != xg).to(tl.int32), axis=2) > 0
+    bad = has_nan | ~(amax < float("inf"))  # Inf or NaN in the group
+    r2 = rows[:, None]
+    k2 = ks[None, :]
+    elem = r2 * K_OUT + k2  # counter for the uniforms of element (r, k)
+
+    if RULE == MX_OCP or RULE == MX_TSENG or RULE == MX_QUEST:
+        if RULE == MX_QUEST:
+            p_exp = tl.minimum(tl.maximum(_exp_floor(amax), -127), 127)
+            p = tl.where(amax > 0, _pow2(p_exp), 0.0)
+            safe_p = tl.where(p > 0, p, 1.0)
+            xn = xg / safe_p[:, :, None]
+            mean = tl.sum(xn, axis=2) / GROUP
+            d = xn - mean[:, :, None]
+            std = tl.sqrt(tl.sum(d * d, axis=2) / GROUP) * p
+            s = 0.48707976 * std + 1e-8 * p
+            e = tl.where(s > 0, _exp_floor(s), -127)
+            e = tl.where(s < 1.1754943508222875e-38, -127, e)  # FP32 subnormal or zero -> byte 0
+        else:
+            e = _exp_floor(amax) - 2
+            e = tl.where(amax < 1.1754943508222875e-38, -129, e)
+        e = tl.minimum(tl.maximum(e, -127), 127)
+        byte = tl.where(bad, 255, e + 127)
+        scale = tl.where(bad, float("nan"), _pow2(e))
+        if RULE == MX_TSENG:
+            scaled = (xg * 0.75) / scale[:, :, None]
+        else:
+            scaled = xg / scale[:, :, None]
+        scaled2 = tl.reshape(scaled, (BLOCK_R, BLOCK_K))
+        mag = _clamp_mag(scaled2)
+        if SR:
+            if HAS_U:
+                u = tl.load(u_ptr + elem, mask=(r2 < R) & (k2 < K_OUT), other=0.0)
+            else:
+                u = tl.rand(seed, elem)
+            q = _e2m1_magnitude_sr(mag, u)
+        else:
+            q = _e2m1_magnitude_rtn(mag)
+        codes = _code(q, scaled2)
+        if WRITE_MASK:
+            trust = (tl.abs(scaled2) < 6.0).to(tl.int32)
+    else:
+        s32 = tl.load(s32_ptr)
+        if RULE == NV_4OVER6:
+            v6, b6 = _e4m3_rn((amax / 6.0) / s32)
+            v6 = tl.where(bad, float("nan"), tl.where(b6 == 0, 1.0, v6))
+            b6 = tl.where(b6 == 0, 0x38, b6)
+            v4, b4 = _e4m3_rn((amax / 4.0) / s32)
+            v4 = tl.where(bad, float("nan"), tl.where(b4 == 0, 1.0, v4))
+            b4 = tl.where(b4 == 0, 0x38, b4)
+            sc6 = xg / (v6 * s32)[:, :, None]
+            sc4 = xg / (v4 * s32)[:, :, None]
+            m6 = _clamp_mag(sc6)
+            m4 = _clamp_mag(sc4)
+            q6 = _e2m1_magnitude_rtn(m6)
+            q6 = tl.where(sc6 < 0, -q6, q6)
+            q4 = _e2m1_magnitude_rtn(m4)
+            q4 = tl.where(sc4 < 0, -q4, q4)
+            d6 = xg - q6 * (v6 * s32)[:, :, None]
+            d4 = xg - q4 * (v4 * s32)[:, :, None]
+            pick4 = tl.sum(d4 * d4, axis=2) < tl.sum(d6 * d6, axis=2)
+            byte = tl.where(pick4, b4, b6).to(tl.int32)
+            scaled = tl.where(pick4[:, :, None], sc4, sc6)
+            scaled2 = tl.reshape(scaled, (BLOCK_R, BLOCK_K))
+            q = _e2m1_magnitude_rtn(_clamp_mag(scaled2))
+        else:
+            vs, bs = _e4m3_rn((amax / val_max) / s32)
+            vs = tl.where(bad, float("nan"), tl.where(bs == 0, 1.0, vs))
+            bs = tl.where(bs == 0, 0x38, bs)
+            byte = bs.to(tl.int32)
+            scaled = xg / (vs * s32)[:, :, None]
+            scaled2 = tl.reshape(scaled, (BLOCK_R, BLOCK_K))
+            mag = _clamp_mag(scaled2)
+            if SR:
+                if HAS_U:
+                    u = tl.load(u_ptr + elem, mask=(r2 < R) & (k2 < K_OUT), other=0.0)
+                else:
+                    u = tl.rand(seed, elem)
+                q = _e2m1_magnitude_sr(mag, u)
+            else:
+                q = _e2m1_magnitude_rtn(mag)
+            if RULE == NV_EDEN:
+                # S = <x, x> / <x, x_hat> per correction group, in code units; s8 <- SR_E4M3(S * s8)
+                qs = tl.where(scaled2 < 0, -q, q)
+                num = tl.sum(tl.reshape(scaled2 * scaled2, (BLOCK_R, BLOCK_K // CORR, CORR)), axis=2)
+                den = tl.sum(tl.reshape(scaled2 * qs, (BLOCK_R, BLOCK_K // CORR, CORR)), axis=2)
+                corr = tl.where(den > 0, num / den, 1.0)
+                corr_g = tl.reshape(tl.broadcast_to(corr[:, :, None], (BLOCK_R, BLOCK_K // CORR, CORR // GROUP)), (BLOCK_R, NG))
+                c = vs * corr_g
+                rn_val, rn_b = _e4m3_rn(c)
+                rn_i = rn_b.to(tl.int32)
+                other = tl.where(rn_val > c, rn_i - 1, rn_i + 1)
+                other = tl.minimum(tl.maximum(other, 0), 0x7E)
+                other_val = _e4m3_from_byte(other)
+                down = tl.minimum(rn_val, other_val)
+                up = tl.maximum(rn_val, other_val)
+                p_up = tl.where(up > down, (c - down) / (up - down), 0.0)
+                p_up = tl.minimum(tl.maximum(p_up, 0.0), 1.0)
+                gidx = rows[:, None] * (K_OUT // GROUP) + (pid_k * NG + tl.arange(0, NG))[None, :]
+                if HAS_U:
+                    us = tl.load(us_ptr + gidx, mask=rows[:, None] < R, other=0.0)
+                else:
+                    us = tl.rand(seed + 1, gidx)
+                chosen = tl.where(us < p_up, tl.maximum(rn_i, other), tl.minimum(rn_i, other))
+                keep = ~(c < float("inf")) | (c < 0.015625) | (c >= 448.0) | (rn_val == c)
+                new_b = tl.where(keep, rn_i, chosen)
+                byte = tl.where(c < float("inf"), new_b, 0x7F)
+        byte = tl.where(bad, 0x7F, byte)
+        codes = _code(q, scaled2)
+
+    # --- write: packed codes [R, K_OUT/2], scales [R, K_OUT/GROUP], mask bits [R, K_OUT/8]
+    pairs = tl.reshape(codes, (BLOCK_R, BLOCK_K // 2, 2))
+    lo, hi = tl.split(pairs)
+    packed = (lo | (hi << 4)).to(tl.uint8)
+    pc = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    row_ok = rows[:, None] < R
+    tl.store(codes_ptr + rows[:, None] * (K_OUT // 2) + pc[None, :], packed, mask=row_ok)
+    gc = pid_k * NG + tl.arange(0, NG)
+    tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
+    if WRITE_MASK:
+        bits = tl.reshape(trust, (BLOCK_R, BLOCK_K // 8, 8))
+        weights = (1 << tl.arange(0, 8)).to(tl.int32)
+        mbyte = tl.sum(bits * weights[None, None, :], axis=2).to(tl.uint8)
+        mc = pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
+        tl.store(mask_ptr + rows[:, None] * (K_OUT // 8) + mc[None, :], mbyte, mask=row_ok)
+
+
+# ------------------------------------------------------------------------------------------------
+# Launcher: check, allocate, launch
+# ------------------------------------------------------------------------------------------------
+
+import math  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import torch  # noqa: E402
+
+from fp4compile.quantized import QuantizedTensor, ScaleFormat  # noqa: E402
+from fp4compile.quantizers import Quantizer  # noqa: E402
+from fp4compile.reference.nvfp4 import EDEN_VAL_MAX, SR_VAL_MAX  # noqa: E402
+
+
+@dataclass(frozen=True)
+class KernelRule:
+    """How a built-in quantizer maps onto the kernel: rule, rounding and NVFP4 constants."""
+
+    rule: int
+    stochastic: bool = False
+    val_max: float = 6.0
+    scales_max: float = 448.0
+    mask: bool = False
+
+
+RULES: dict[str, KernelRule] = {
+    "mxfp4_rtn": KernelRule(MX_OCP),
+    "mxfp4_quest": KernelRule(MX_QUEST, mask=True),
+    "mxfp4_tseng_rtn": KernelRule(MX_TSENG),
+    "mxfp4_tseng_sr": KernelRule(MX_TSENG, stochastic=True),
+    "nvfp4_rtn": KernelRule(NV_RTN),
+    "nvfp4_4over6": KernelRule(NV_4OVER6, scales_max=256.0),
+    "nvfp4_sr": KernelRule(NV_RTN, stochastic=True, val_max=SR_VAL_MAX),
+    "nvfp4_ms_eden": KernelRule(NV_EDEN, val_max=EDEN_VAL_MAX, scales_max=256.0),
+}
+
+
+def supports(quantizer: Quantizer) -> bool:
+    """Whether the kernel implements this quantizer (others run through the reference)."""
+    return quantizer.name in RULES
+
+
+def _block_k(k_out: int, minimum: int) -> int:
+    for b in (128, 64, 32, 16):
+        if b >= minimum and k_out % b == 0:
+            return b
+    raise ValueError(f"quantize kernel: padded length {k_out} is not a multiple of {minimum}")
+
+
+def _precision(dtype: torch.dtype, device: torch.device) -> str:
+    if device.type != "cuda":
+        return "ieee"
+    return "bf16" if dtype == torch.bfloat16 else "tf32x3"
+
+
+def quantize(
+    x: torch.Tensor | QuantizedTensor,
+    quantizer: Quantizer,
+    rotation: torch.Tensor | None,
+    seed: int,
+    *,
+    transpose: bool = False,
+    pad_to: int = 1,
+    uniforms: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+) -> tuple[QuantizedTensor, torch.Tensor | None]:
+    """Rotate and quantize along the last axis of ``x`` (or of ``x^T`` with ``transpose``) in one pass.
+
+    ``x`` is a dense 2-D tensor, or a QuantizedTensor ``[Kq, R]`` that is dequantized on load and read
+    transposed (always: it is the backward's re-quantization of a forward-quantized operand).
+    ``rotation`` is the G x G matrix the reference would use (or None). The quantization axis is
+    zero-padded to a multiple of ``pad_to``. ``uniforms`` (element, scale) replaces the kernel's
+    counter-based draws with given ones (tests). Returns the quantized tensor and its packed trust-mask
+    bits (or None).
+    """
+    rule = RULES.get(quantizer.name)
+    if rule is None:
+        raise NotImplementedError(f"no Triton kernel for quantizer {quantizer.name!r}; it runs through the reference")
+    packed = isinstance(x, QuantizedTensor)
+    if packed:
+        kq, r = x.shape
+        k = kq
+        device = x.codes.device
+        dtype = torch.float32
+        dense, stride_r, stride_k = x.codes, 0, x.codes.stride(0)
+        src = (x.codes, x.scales, x.scales.stride(0), x.tensor_scale.reshape(1).float(), float(x.factor))
+        src_e8m0, src_group = x.scale_format is ScaleFormat.E8M0, x.group_size
+    else:
+        if x.dim() != 2:
+            raise ValueError(f"quantize kernel takes a 2-D tensor, got shape {tuple(x.shape)}")
+        r, k = (x.shape[1], x.shape[0]) if transpose else x.shape
+        stride_r, stride_k = (x.stride(1), x.stride(0)) if transpose else (x.stride(0), x.stride(1))
+        device, dtype, dense = x.device, x.dtype, x
+        dummy = torch.empty(1, dtype=torch.uint8, device=device)
+        src = (dummy, dummy, 0, torch.ones(1, device=device), 1.0)
+        src_e8m0, src_group = True, 32
+    group = quantizer.group_size
+    g = 0 if rotation is None else rotation.shape[0]
+    multiple = math.lcm(group, g or 1, 16, pad_to)
+    k_out = -(-k // multiple) * multiple
+    block_k = _block_k(k_out, max(group, g, 16))
+    block_r = 32
+    if rotation is not None:
+        rot_scale = float(rotation.abs().max())
+        h = (rotation / rot_scale).to(device=device, dtype=torch.float32).contiguous()
+    else:
+        rot_scale, h = 1.0, torch.empty(1, device=device)
+    grid = (triton.cdiv(r, block_r), k_out // block_k)
+    common = dict(SRC_PACKED=packed, SRC_E8M0=src_e8m0, SRC_GROUP=src_group, G=g, PRECISION=_precision(dtype, device),
+                  BLOCK_R=block_r, BLOCK_K=block_k)
+    is_nv = quantizer.scale_format is ScaleFormat.E4M3
+    if is_nv:
+        amax = torch.zeros(1, device=device, dtype=torch.float32)
+        rotated_amax_kernel[grid](dense, stride_r, stride_k, src[0], src[1], src[2], src[3], src[4], h, rot_scale, amax, r, k, **common)
+        s32 = amax / (rule.scales_max * rule.val_max)
+        s32 = torch.where(amax > 0, s32, torch.ones_like(s32))
+    else:
+        s32 = torch.ones(1, device=device, dtype=torch.float32)
+    codes = torch.empty(r, k_out // 2, dtype=torch.uint8, device=device)
+    scales = torch.empty(r, k_out // group, dtype=torch.uint8, device=device)
+    mask = torch.empty(r, k_out // 8, dtype=torch.uint8, device=device) if rule.mask else torch.empty(1, dtype=torch.uint8, device=device)
+    u_elem, u_scale = uniforms if uniforms is not None else (None, None)
+    has_u = uniforms is not None
+    u_elem = u_elem.to(device).contiguous() if u_elem is not None else torch.empty(1, device=device)
+    u_scale = u_scale.to(device).contiguous() if u_scale is not None else torch.empty(1, device=device)
+    quantize_kernel[grid](
+        dense, stride_r, stride_k, src[0], src[1], src[2], src[3], src[4],
+        h, rot_scale, s32, u_elem, u_scale, codes, scales, mask,
+        r, k, k_out, int(seed) & 0x7FFFFFFF, rule.val_max,
+        RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=rule.mask, CORR=group, **common,
+    )
+    q = QuantizedTensor(codes, scales, quantizer.scale_format, group, s32.reshape(()), quantizer.factor)
+    return q, (mask if rule.mask else None)
