@@ -4,7 +4,7 @@ The public surface: recipes and quantizers (with the plug-in registry), the refe
 (``fake_quantize``), the eager reference linear, and, with the backend, ``explain``.
 """
 
-from fp4compile import passes
+from fp4compile import ops, passes  # ops registers torch.ops.fp4compile
 from fp4compile.backend import quartet_backend
 from fp4compile.config import Gemm, GemmRecipe, Recipe, Source, get_recipe, recipes, register_recipe
 from fp4compile.explain import Report, explain
@@ -20,6 +20,7 @@ __all__ = [
     "PassContext",
     "Report",
     "explain",
+    "ops",
     "passes",
     "quartet_backend",
     "register_pass",

@@ -38,9 +38,15 @@ def _seed_value(seed: Tensor | None, fallback: int) -> int:
     return fallback if seed is None else int(seed.item())
 
 
-def _check_kernel(kernel: str) -> None:
-    if kernel != "reference":
-        raise NotImplementedError(f"fp4compile: kernel target {kernel!r} has no implementation of this op in this version; use kernels='reference'")
+def _lowered(kernel: str):
+    """The module implementing ``kernel`` (None for the reference, which is written inline below)."""
+    if kernel == "reference":
+        return None
+    if kernel == "triton":
+        from fp4compile.lowering import triton_ops
+
+        return triton_ops
+    raise NotImplementedError(f"fp4compile: kernel target {kernel!r} has no implementation of the ops in this version; use kernels='auto'")
 
 
 def _unflatten(recipe: Recipe, quantizer: str | None, codes: Tensor | None, scales: Tensor | None, tscale: Tensor | None, mask: Tensor | None = None):
@@ -80,9 +86,10 @@ def reset_steps(state: int) -> None:
 
 @torch.library.custom_op("fp4compile::quantize", mutates_args=())
 def quantize(t: Tensor, recipe: str, operand: str, seed: Tensor | None, fallback_seed: int, kernel: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    _check_kernel(kernel)
     r = get_recipe(recipe)
     s = _seed_value(seed, fallback_seed)
+    if (impl := _lowered(kernel)) is not None:
+        return impl.quantize(t, r, operand, s)
     rot = r.output.rotation
     name = r.output.a if operand == "input" else r.output.b
     q = get_quantizer(name).quantize(rot.apply(t, ref.rotation_seed(s, "output")), derive_seed(s, "output", operand))
@@ -111,10 +118,11 @@ def _(t, recipe, operand, seed, fallback_seed, kernel):
 def output_gemm(
     x_codes: Tensor, x_scales: Tensor, x_tscale: Tensor, w_codes: Tensor, w_scales: Tensor, w_tscale: Tensor, recipe: str, out_dtype: torch.dtype, kernel: str
 ) -> Tensor:
-    _check_kernel(kernel)
     r = get_recipe(recipe)
     xq = _unflatten(r, r.output.a, x_codes, x_scales, x_tscale)
     wq = _unflatten(r, r.output.b, w_codes, w_scales, w_tscale)
+    if (impl := _lowered(kernel)) is not None:
+        return impl.output_gemm(xq, wq, out_dtype)
     return ref.output_gemm(xq, wq, out_dtype)  # [T, K] @ [K, N] -> [T, N]
 
 
@@ -142,9 +150,10 @@ def grad_input(
     out_dtype: torch.dtype,
     kernel: str,
 ) -> Tensor:
-    _check_kernel(kernel)
     r = get_recipe(recipe)
     wq = _unflatten(r, r.output.b, w_codes, w_scales, w_tscale)
+    if (impl := _lowered(kernel)) is not None:
+        return impl.grad_input(grad, wq, w_hp, x_mask, k, r, int(seed.item()), out_dtype)
     mask = None if x_mask is None else formats.unpack_bits(x_mask)
     # === GEMM 2: grad_input = E @ W   [T,N] @ [N,K] -> [T,K]
     return ref.grad_input(grad, wq, w_hp, mask, r, int(seed.item()), out_dtype)
@@ -169,9 +178,10 @@ def grad_weight(
     out_dtype: torch.dtype,
     kernel: str,
 ) -> Tensor:
-    _check_kernel(kernel)
     r = get_recipe(recipe)
     xq = _unflatten(r, r.output.a, x_codes, x_scales, x_tscale)
+    if (impl := _lowered(kernel)) is not None:
+        return impl.grad_weight(grad, xq, x_hp, w_mask, k, r, int(seed.item()), out_dtype)
     mask = None if w_mask is None else formats.unpack_bits(w_mask)
     # === GEMM 3: grad_weight = E^T @ X   [N,T] @ [T,K] -> [N,K]
     return ref.grad_weight(grad, xq, x_hp, mask, r, int(seed.item()), out_dtype)

@@ -26,19 +26,29 @@ def check_target(target: KernelTarget) -> None:
         raise RuntimeError(f"options['kernels']={target.value!r} needs a CUDA GPU, and this machine has none; use 'auto' or 'reference'")
     if target is KernelTarget.TRITON and not _has_triton():
         raise RuntimeError("options['kernels']='triton' needs the triton package (pip install triton); use 'auto' or 'reference'")
-    if target is KernelTarget.BLACKWELL and torch.cuda.get_device_capability()[0] != 10:
+    if target is KernelTarget.BLACKWELL:
         cap = ".".join(map(str, torch.cuda.get_device_capability()))
-        raise RuntimeError(f"options['kernels']='blackwell' needs compute capability 10.x (B200/GB200); this GPU is {cap}; use 'auto'")
-    raise RuntimeError(
-        f"options['kernels']={target.value!r}: the {target.value} kernels are not part of this version of fp4compile yet; use 'auto' or 'reference'"
-    )
+        raise RuntimeError(
+            f"options['kernels']='blackwell': the native FP4 GEMM path (fp4compile.lowering.blackwell) is written but not yet "
+            f"selected by the backend, and it needs compute capability 10.x (this GPU is {cap}); use 'auto'"
+        )
+
+
+def _device(site) -> torch.device:
+    val = site.node.meta.get("val")
+    return val.device if isinstance(val, torch.Tensor) else torch.device("cpu")
 
 
 def select_kernel(options: Options, site) -> tuple[str, str]:
     """(kernel, reason) for one site."""
     if options.kernels is KernelTarget.REFERENCE:
         return "reference", "kernels='reference'"
+    device = _device(site)
     if options.kernels is KernelTarget.AUTO:
-        return "reference", "auto: the reference is the only lowering of this version"
+        if device.type == "cuda" and _has_triton():
+            return "triton", "auto: CUDA + Triton: fused rotate-quantize kernels, FP8 (MXFP4) / BF16 (NVFP4) GEMMs"
+        return "reference", f"auto: {device.type} tensors run the plain-PyTorch reference"
     check_target(options.kernels)
+    if device.type != "cuda":
+        raise RuntimeError(f"options['kernels']={options.kernels.value!r} but module {site.name!r} runs on {device.type}; move it to the GPU or use 'auto'")
     return options.kernels.value, f"kernels={options.kernels.value!r}"
