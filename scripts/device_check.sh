@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Everything that belongs together on the GPU machine, in one go: install (no network there), run the
-# whole test suite (CPU tests on that machine's torch too, then the GPU tests), then the main job briefly.
-# Usage on the device: bash scripts/device_check.sh   (logs land in $OUT when set)
+# Everything that belongs together on the GPU machine, in one go (no network there):
+#   bash scripts/device_check.sh tests   # install, whole test suite (CPU tests on that torch + GPU tests), kernel bandwidth
+#   bash scripts/device_check.sh bench   # one linear layer fwd+bwd at the Llama-7B shapes vs BF16 and torchao float8
+# torchao travels as a wheel in .whl/ (carry it). Logs land in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/fp4compile_device}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING | tail -3
-python3 -c "import fp4compile.passes, fp4compile.lowering; print(\"fp4compile imports from\", fp4compile.__file__)" || exit 1
-python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest.log" | tail -15
-timeout 300 python3 examples/quickstart.py --steps 40 2>&1 | tee "$OUT/quickstart.log" | tail -25
+if ls .whl/torchao-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/torchao-*.whl 2>&1 | grep -v WARNING | tail -2
+  export PYTHONPATH=/tmp/site
+fi
+python3 -c "import torch, triton, fp4compile.passes; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt" || exit 1
+case "${1:-tests}" in
+  tests)
+    python3 -m pytest -q -p no:cacheprovider -rs tests 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -25
+    timeout 200 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
+    ;;
+  bench)
+    timeout 560 python3 examples/bench_linear.py "${@:2}" 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
+    ;;
+esac
