@@ -30,11 +30,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Rules (constexpr RULE)
-MX_OCP, MX_QUEST, MX_TSENG = 0, 1, 2
-NV_RTN, NV_4OVER6, NV_EDEN = 10, 11, 12
+# Rules (constexpr RULE); kernels may only read globals that are tl.constexpr
+MX_OCP, MX_QUEST, MX_TSENG = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+NV_RTN, NV_4OVER6, NV_EDEN = tl.constexpr(10), tl.constexpr(11), tl.constexpr(12)
 
-_MAGIC = 12582912.0  # 1.5 * 2^23: (v + MAGIC) - MAGIC rounds |v| < 2^22 to the nearest integer, ties to even
+_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: (v + MAGIC) - MAGIC rounds |v| < 2^22 to the nearest integer, ties to even
 
 
 @triton.jit
@@ -343,6 +343,7 @@ def quantize_kernel(
 # ------------------------------------------------------------------------------------------------
 
 import math  # noqa: E402
+import os  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import torch  # noqa: E402
@@ -356,7 +357,7 @@ from fp4compile.reference.nvfp4 import EDEN_VAL_MAX, SR_VAL_MAX  # noqa: E402
 class KernelRule:
     """How a built-in quantizer maps onto the kernel: rule, rounding and NVFP4 constants."""
 
-    rule: int
+    rule: int  # one of the rule constants (their int value)
     stochastic: bool = False
     val_max: float = 6.0
     scales_max: float = 448.0
@@ -364,20 +365,25 @@ class KernelRule:
 
 
 RULES: dict[str, KernelRule] = {
-    "mxfp4_rtn": KernelRule(MX_OCP),
-    "mxfp4_quest": KernelRule(MX_QUEST, mask=True),
-    "mxfp4_tseng_rtn": KernelRule(MX_TSENG),
-    "mxfp4_tseng_sr": KernelRule(MX_TSENG, stochastic=True),
-    "nvfp4_rtn": KernelRule(NV_RTN),
-    "nvfp4_4over6": KernelRule(NV_4OVER6, scales_max=256.0),
-    "nvfp4_sr": KernelRule(NV_RTN, stochastic=True, val_max=SR_VAL_MAX),
-    "nvfp4_ms_eden": KernelRule(NV_EDEN, val_max=EDEN_VAL_MAX, scales_max=256.0),
+    "mxfp4_rtn": KernelRule(MX_OCP.value),
+    "mxfp4_quest": KernelRule(MX_QUEST.value, mask=True),
+    "mxfp4_tseng_rtn": KernelRule(MX_TSENG.value),
+    "mxfp4_tseng_sr": KernelRule(MX_TSENG.value, stochastic=True),
+    "nvfp4_rtn": KernelRule(NV_RTN.value),
+    "nvfp4_4over6": KernelRule(NV_4OVER6.value, scales_max=256.0),
+    "nvfp4_sr": KernelRule(NV_RTN.value, stochastic=True, val_max=SR_VAL_MAX),
+    "nvfp4_ms_eden": KernelRule(NV_EDEN.value, val_max=EDEN_VAL_MAX, scales_max=256.0),
 }
 
 
 def supports(quantizer: Quantizer) -> bool:
     """Whether the kernel implements this quantizer (others run through the reference)."""
     return quantizer.name in RULES
+
+
+# No FMA contraction: a*b + c must round twice, as in the reference (e.g. QuEST's 0.487 * std + 1e-8 * p).
+# The interpreter takes no compile options.
+_NO_FMA = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"enable_fp_fusion": False}
 
 
 def _block_k(k_out: int, minimum: int) -> int:
@@ -450,7 +456,7 @@ def quantize(
     is_nv = quantizer.scale_format is ScaleFormat.E4M3
     if is_nv:
         amax = torch.zeros(1, device=device, dtype=torch.float32)
-        rotated_amax_kernel[grid](dense, stride_r, stride_k, src[0], src[1], src[2], src[3], src[4], h, rot_scale, amax, r, k, **common)
+        rotated_amax_kernel[grid](dense, stride_r, stride_k, src[0], src[1], src[2], src[3], src[4], h, rot_scale, amax, r, k, **common, **_NO_FMA)
         s32 = amax / (rule.scales_max * rule.val_max)
         s32 = torch.where(amax > 0, s32, torch.ones_like(s32))
     else:
@@ -467,6 +473,7 @@ def quantize(
         h, rot_scale, s32, u_elem, u_scale, codes, scales, mask,
         r, k, k_out, int(seed) & 0x7FFFFFFF, rule.val_max,
         RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=rule.mask, CORR=group, **common,
+        **_NO_FMA,
     )
     q = QuantizedTensor(codes, scales, quantizer.scale_format, group, s32.reshape(()), quantizer.factor)
     return q, (mask if rule.mask else None)

@@ -1,0 +1,62 @@
+"""Compile the rotate-quantize kernel for a GPU target without a GPU (Triton's AOT path).
+
+    python -m fp4compile.kernels.compile_check 90 100     # sm_90 (Hopper) and sm_100 (Blackwell)
+
+Every rule and source variant the launcher can ask for is compiled to PTX and a cubin, so compile errors
+that Triton's CPU interpreter does not see (globals that are not constexpr, unsupported conversions) show
+up in CI. Must run without TRITON_INTERPRET. Prints one line per variant and exits non-zero on a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+VARIANTS = [
+    # (name, RULE, SR, GROUP, G, PRECISION, SRC_PACKED, WRITE_MASK)
+    ("mxfp4_quest+H32", 1, False, 32, 32, "bf16", False, True),
+    ("mxfp4_tseng_rtn+RHT32 (packed source)", 2, False, 32, 32, "tf32x3", True, False),
+    ("mxfp4_tseng_sr", 2, True, 32, 0, "bf16", False, False),
+    ("mxfp4_rtn", 0, False, 32, 0, "bf16", False, False),
+    ("nvfp4_4over6", 11, False, 16, 0, "bf16", False, False),
+    ("nvfp4_sr", 10, True, 16, 0, "bf16", False, False),
+    ("nvfp4_ms_eden+RHT128", 12, False, 16, 128, "bf16", False, False),
+]
+
+
+def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, precision: str, packed: bool, mask: bool):
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from fp4compile.kernels.rotate_quantize import quantize_kernel
+
+    constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SRC_PACKED=packed, SRC_E8M0=True, SRC_GROUP=32,
+                      HAS_U=False, WRITE_MASK=mask, CORR=group, BLOCK_R=32, BLOCK_K=128)
+    types = {"x_ptr": "*bf16", "codes_src_ptr": "*u8", "scales_src_ptr": "*u8", "tscale_src_ptr": "*fp32", "h_ptr": "*fp32",
+             "s32_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32", "codes_ptr": "*u8", "scales_ptr": "*u8", "mask_ptr": "*u8",
+             "src_factor": "fp32", "rot_scale": "fp32", "val_max": "fp32"}
+    signature = {}
+    for name in quantize_kernel.arg_names:
+        signature[name] = "constexpr" if name in constexprs else types.get(name, "i32")
+    src = triton.compiler.ASTSource(fn=quantize_kernel, signature=signature, constexprs={(quantize_kernel.arg_names.index(k),): v for k, v in constexprs.items()})
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"enable_fp_fusion": False})
+
+
+def main(capabilities: list[int]) -> int:
+    if os.environ.get("TRITON_INTERPRET"):
+        print("compile_check must run without TRITON_INTERPRET", file=sys.stderr)
+        return 2
+    failed = 0
+    for cap in capabilities:
+        for name, *args in VARIANTS:
+            try:
+                kernel = compile_variant(cap, *args)
+                print(f"sm_{cap} {name}: ok ({len(kernel.asm['cubin'])} bytes of cubin)")
+            except Exception as err:  # report every variant, then fail
+                failed += 1
+                print(f"sm_{cap} {name}: FAILED {type(err).__name__}: {str(err)[:2000]}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main([int(c) for c in sys.argv[1:]] or [90]))
