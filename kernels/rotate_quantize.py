@@ -457,7 +457,7 @@ def quantize(
     if is_nv:
         amax = torch.zeros(1, device=device, dtype=torch.float32)
         rotated_amax_kernel[grid](dense, stride_r, stride_k, src[0], src[1], src[2], src[3], src[4], h, rot_scale, amax, r, k, **common, **_NO_FMA)
-        s32 = amax / (rule.scales_max * rule.val_max)
+        s32 = amax / torch.tensor(rule.scales_max * rule.val_max, dtype=torch.float32, device=device)  # true division, as the reference
         s32 = torch.where(amax > 0, s32, torch.ones_like(s32))
     else:
         s32 = torch.ones(1, device=device, dtype=torch.float32)

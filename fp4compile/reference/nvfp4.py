@@ -39,6 +39,12 @@ EDEN_VAL_MAX = 6.0 * 16.0 / 17.0 / 0.93
 E4M3_ONE = 0x38  # byte of 1.0
 
 
+def _const(value: float, device: torch.device) -> torch.Tensor:
+    """A float32 scalar tensor: dividing by it is a true division on every device (CUDA divides by a
+    Python scalar as a multiplication by its reciprocal, which rounds differently)."""
+    return torch.tensor(value, dtype=torch.float32, device=device)
+
+
 def _groups(x: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] % GROUP:
         raise ValueError(f"NVFP4 quantizes groups of {GROUP} along the last dimension, which has {x.shape[-1]} elements")
@@ -49,13 +55,13 @@ def tensor_scale(x: torch.Tensor, scales_max: float, val_max: float) -> torch.Te
     """FP32 decode scale ``amax / (scales_max * val_max)`` over finite values (1 for an all-zero x)."""
     finite_abs = torch.where(torch.isfinite(x), x.float().abs(), torch.zeros((), device=x.device))
     amax = finite_abs.amax() if x.numel() else torch.zeros((), device=x.device)
-    s32 = amax / (scales_max * val_max)
+    s32 = amax / _const(scales_max * val_max, x.device)
     return torch.where(amax > 0, s32, torch.ones_like(s32)).float()
 
 
 def group_scale_bytes(amax_g: torch.Tensor, s32: torch.Tensor, val_max: float) -> torch.Tensor:
     """RN_E4M3(amax_g / val_max / s32); 0 -> 1.0; non-finite amax_g -> NaN (0x7F)."""
-    byte = formats.e4m3_encode_rn((amax_g / val_max) / s32)
+    byte = formats.e4m3_encode_rn((amax_g / _const(val_max, amax_g.device)) / s32)
     byte = torch.where(byte == 0, E4M3_ONE, byte)
     return torch.where(torch.isfinite(amax_g), byte, formats.E4M3_NAN_BYTE).to(torch.uint8)
 
