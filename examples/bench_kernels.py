@@ -39,6 +39,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=16384)
     p.add_argument("--cols", type=int, default=4096)
+    p.add_argument("--sweep", action="store_true", help="also time tile sizes of two kernels")
     args = p.parse_args()
     x = torch.randn(args.rows, args.cols, device="cuda", dtype=torch.bfloat16)
     copy_ms = triton.testing.do_bench(lambda: x.clone(), return_mode="median")
@@ -63,6 +64,13 @@ def main() -> None:
         ms = triton.testing.do_bench(fn, return_mode="median")
         bw = (bytes_in + bytes_out + extra) / ms / 1e9
         print(f"| {label} | {ms:.3f} | {bw:.2f} | {bw / copy_bw:.0%} |")
+    if args.sweep:
+        for name, rot in (("mxfp4_quest", "hadamard-32"), ("nvfp4_ms_eden", "random_hadamard-128")):
+            q, m = f4.get_quantizer(name), parse_rotation(rot).matrix(1, "cuda")
+            for block_r in (16, 32, 64):
+                for warps in (2, 4, 8):
+                    fn = functools.partial(quantize, x, q, m, 1, block_r=block_r, num_warps=warps)
+                    print(f"sweep {name} BLOCK_R={block_r} num_warps={warps}: {triton.testing.do_bench(fn, return_mode='median'):.3f} ms")
 
 
 if __name__ == "__main__":

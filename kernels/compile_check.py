@@ -2,7 +2,7 @@
 
     python -m fp4compile.kernels.compile_check 90 100     # sm_90 (Hopper) and sm_100 (Blackwell)
 
-Every rule and source variant the launcher can ask for is compiled to PTX and a cubin, so compile errors
+Every rule and source variant the launcher can ask for, and the FP8/BF16 conversion kernels, are compiled to PTX and a cubin, so compile errors
 that Triton's CPU interpreter does not see (globals that are not constexpr, unsupported conversions) show
 up in CI. Must run without TRITON_INTERPRET. Prints one line per variant and exits non-zero on a failure.
 """
@@ -42,6 +42,21 @@ def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, pr
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"enable_fp_fusion": False})
 
 
+def compile_fold_kernels(capability: int):
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from fp4compile.kernels.fold import fold_kernel, nvfp4_bf16_kernel
+
+    jobs = [(fold_kernel, dict(BLOCK_M=32, BLOCK_K=256, GROUP=32), {"out_ptr": "*u8", "er_ptr": "*i32", "count_ptr": "*i32"}),
+            (nvfp4_bf16_kernel, dict(BLOCK_M=32, BLOCK_K=256, GROUP=16), {"out_ptr": "*bf16"})]
+    for kernel, constexprs, types in jobs:
+        types = {"codes_ptr": "*u8", "scales_ptr": "*u8", **types}
+        signature = {n: ("constexpr" if n in constexprs else types.get(n, "i32")) for n in kernel.arg_names}
+        src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
+        yield kernel.fn.__name__, triton.compile(src, target=GPUTarget("cuda", capability, 32))
+
+
 def main(capabilities: list[int]) -> int:
     if os.environ.get("TRITON_INTERPRET"):
         print("compile_check must run without TRITON_INTERPRET", file=sys.stderr)
@@ -55,6 +70,12 @@ def main(capabilities: list[int]) -> int:
             except Exception as err:  # report every variant, then fail
                 failed += 1
                 print(f"sm_{cap} {name}: FAILED {type(err).__name__}: {str(err)[:2000]}")
+        try:
+            for name, kernel in compile_fold_kernels(cap):
+                print(f"sm_{cap} {name}: ok ({len(kernel.asm['cubin'])} bytes of cubin)")
+        except Exception as err:
+            failed += 1
+            print(f"sm_{cap} fold kernels: FAILED {type(err).__name__}: {str(err)[:2000]}")
     return 1 if failed else 0
 
 

@@ -408,6 +408,8 @@ def quantize(
     transpose: bool = False,
     pad_to: int = 1,
     uniforms: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+    block_r: int = 32,
+    num_warps: int = 4,
 ) -> tuple[QuantizedTensor, torch.Tensor | None]:
     """Rotate and quantize along the last axis of ``x`` (or of ``x^T`` with ``transpose``) in one pass.
 
@@ -444,7 +446,6 @@ def quantize(
     multiple = math.lcm(group, g or 1, 16, pad_to)
     k_out = -(-k // multiple) * multiple
     block_k = _block_k(k_out, max(group, g, 16))
-    block_r = 32
     if rotation is not None:
         rot_scale = float(rotation.abs().max())
         h = (rotation / rot_scale).to(device=device, dtype=torch.float32).contiguous()
@@ -452,7 +453,7 @@ def quantize(
         rot_scale, h = 1.0, torch.empty(1, device=device)
     grid = (triton.cdiv(r, block_r), k_out // block_k)
     common = dict(SRC_PACKED=packed, SRC_E8M0=src_e8m0, SRC_GROUP=src_group, G=g, PRECISION=_precision(dtype, device),
-                  BLOCK_R=block_r, BLOCK_K=block_k)
+                  BLOCK_R=block_r, BLOCK_K=block_k, num_warps=num_warps)
     is_nv = quantizer.scale_format is ScaleFormat.E4M3
     if is_nv:
         amax = torch.zeros(1, device=device, dtype=torch.float32)

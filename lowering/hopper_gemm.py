@@ -52,6 +52,7 @@ import functools
 import torch
 
 from fp4compile import formats
+from fp4compile.kernels import HAS_TRITON
 from fp4compile.quantized import QuantizedTensor, ScaleFormat
 
 Operand = QuantizedTensor | torch.Tensor
@@ -206,6 +207,10 @@ def _bf16_values(op: Operand) -> torch.Tensor:
     if not isinstance(op, QuantizedTensor):
         return op.to(torch.bfloat16)
     if op.scale_format is ScaleFormat.E4M3:
+        if _use_kernels(op.codes):
+            from fp4compile.kernels.fold import nvfp4_to_bf16 as to_bf16_kernel
+
+            return to_bf16_kernel(op.codes, op.scales, op.group_size)
         return nvfp4_to_bf16(op.codes, op.scales, op.group_size)
     return op.block_values().to(torch.bfloat16)  # e2m1 * 2^e: 2 significant bits, FP32's exponent range
 
@@ -267,11 +272,27 @@ def _pad_rows(x: torch.Tensor, multiple: int, fill: float) -> torch.Tensor:
     return torch.cat([x, torch.full((pad, *x.shape[1:]), fill, dtype=x.dtype, device=x.device)])
 
 
+def _use_kernels(t: torch.Tensor) -> bool:
+    """The Triton conversion kernels (kernels/fold.py) on CUDA; these torch functions are their twins."""
+    return t.is_cuda and HAS_TRITON
+
+
+def _fold_any(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if _use_kernels(codes):
+        from fp4compile.kernels.fold import fold_mxfp4_fp8 as fold_kernel
+
+        a8, e_r, count = fold_kernel(codes, scales, group_size)
+        _record(scales.numel(), count.sum())
+        return a8, _pow2(e_r - FP8_HEADROOM)
+    a8, row_scale, _ = _fold(codes, scales, group_size)
+    return a8, row_scale
+
+
 def _gemm_fp8(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype) -> torch.Tensor:
     """MXFP4 x MXFP4 as one row-wise scaled FP8 GEMM; ``a [..., K]``, ``b [N, K]`` -> ``[..., N]``."""
     gs = a.group_size
-    a8, sa, _ = _fold(a.codes.reshape(-1, a.codes.shape[-1]), a.scales.reshape(-1, a.scales.shape[-1]), gs)  # [M, K], [M, 1]
-    b8, sb, _ = _fold(b.codes, b.scales, gs)  # [N, K], [N, 1]
+    a8, sa = _fold_any(a.codes.reshape(-1, a.codes.shape[-1]), a.scales.reshape(-1, a.scales.shape[-1]), gs)  # [M, K], [M, 1]
+    b8, sb = _fold_any(b.codes, b.scales, gs)  # [N, K], [N, 1]
     n = b8.shape[0]
     b8 = _pad_rows(b8, 16, 0.0)  # [N16, K]: _scaled_mm needs N % 16 == 0
     sb = _pad_rows(sb, 16, 1.0)  # [N16, 1]

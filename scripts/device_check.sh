@@ -2,6 +2,7 @@
 # Everything that belongs together on the GPU machine, in one go (no network there):
 #   bash scripts/device_check.sh tests   # install, whole test suite (CPU tests on that torch + GPU tests), kernel bandwidth
 #   bash scripts/device_check.sh bench   # one linear layer fwd+bwd at the Llama-7B shapes vs BF16 and torchao float8
+#   bash scripts/device_check.sh all     # kernel + GPU tests, kernel bandwidth with a tile sweep, the linear table
 # torchao travels as a wheel in .whl/ (carry it). Logs land in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/fp4compile_device}
@@ -16,10 +17,15 @@ fi
 python3 -c "import torch, triton, fp4compile.passes; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt" || exit 1
 case "${1:-tests}" in
   tests)
-    python3 -m pytest -q -p no:cacheprovider -rs tests 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -25
-    timeout 200 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
+    python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -25
+    timeout 200 python3 examples/bench_kernels.py ${SWEEP:-} 2>&1 | tee "$OUT/bench_kernels.log"
     ;;
   bench)
     timeout 560 python3 examples/bench_linear.py "${@:2}" 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
+    ;;
+  all)  # kernel tests, kernel bandwidth (with the tile sweep), then the linear-layer table
+    python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8
+    timeout 150 python3 examples/bench_kernels.py --sweep 2>&1 | tee "$OUT/bench_kernels.log"
+    timeout 300 python3 examples/bench_linear.py 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
     ;;
 esac
