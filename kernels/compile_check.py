@@ -2,7 +2,7 @@
 
     python -m fp4compile.kernels.compile_check 90 100     # sm_90 (Hopper) and sm_100 (Blackwell)
 
-Every rule and source variant the launcher can ask for, and the FP8/BF16 conversion kernels, are compiled to PTX and a cubin, so compile errors
+Every rule and source variant the launcher can ask for, the FP8/BF16 conversion kernels and the backward epilogue, are compiled to PTX and a cubin, so compile errors
 that Triton's CPU interpreter does not see (globals that are not constexpr, unsupported conversions) show
 up in CI. Must run without TRITON_INTERPRET. Prints one line per variant and exits non-zero on a failure.
 """
@@ -30,7 +30,7 @@ def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, pr
 
     from fp4compile.kernels.rotate_quantize import quantize_kernel
 
-    constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SRC_PACKED=packed, SRC_E8M0=True, SRC_GROUP=32,
+    constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SRC_PACKED=packed, SRC_E8M0=True, SRC_GROUP=32, TRANS_LOAD=not packed and sr,
                       HAS_U=False, WRITE_MASK=mask, CORR=group, BLOCK_R=32, BLOCK_K=128)
     types = {"x_ptr": "*bf16", "codes_src_ptr": "*u8", "scales_src_ptr": "*u8", "tscale_src_ptr": "*fp32", "h_ptr": "*fp32",
              "s32_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32", "codes_ptr": "*u8", "scales_ptr": "*u8", "mask_ptr": "*u8",
@@ -46,15 +46,18 @@ def compile_fold_kernels(capability: int):
     import triton
     from triton.backends.compiler import GPUTarget
 
+    from fp4compile.kernels.epilogue import epilogue_kernel
     from fp4compile.kernels.fold import fold_kernel, nvfp4_bf16_kernel
 
     jobs = [(fold_kernel, dict(BLOCK_M=32, BLOCK_K=256, GROUP=32), {"out_ptr": "*u8", "er_ptr": "*i32", "count_ptr": "*i32"}),
-            (nvfp4_bf16_kernel, dict(BLOCK_M=32, BLOCK_K=256, GROUP=16), {"out_ptr": "*bf16"})]
+            (nvfp4_bf16_kernel, dict(BLOCK_M=32, BLOCK_K=256, GROUP=16), {"out_ptr": "*bf16"}),
+            (epilogue_kernel, dict(HAS_MASK=True, G=32, PRECISION="tf32x3", BLOCK_R=32, BLOCK_K=128),
+             {"g_ptr": "*fp32", "mask_ptr": "*u8", "h_ptr": "*fp32", "rot_scale": "fp32", "out_ptr": "*bf16"})]
     for kernel, constexprs, types in jobs:
         types = {"codes_ptr": "*u8", "scales_ptr": "*u8", **types}
         signature = {n: ("constexpr" if n in constexprs else types.get(n, "i32")) for n in kernel.arg_names}
         src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
-        yield kernel.fn.__name__, triton.compile(src, target=GPUTarget("cuda", capability, 32))
+        yield kernel.fn.__name__, triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"enable_fp_fusion": False})
 
 
 def main(capabilities: list[int]) -> int:

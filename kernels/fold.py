@@ -24,13 +24,22 @@ _NONE = tl.constexpr(-1000)  # "no live group" marker for the row maximum
 
 @triton.jit
 def _unpack(codes):
-    """uint8 [BM, BK/2] packed codes -> float32 E2M1 values [BM, BK] (element 2i from the low nibble)."""
+    """uint8 [BM, BK/2] packed codes -> (|E2M1 value| float32 [BM, BK], sign bit int32 [BM, BK]).
+
+    Element 2i comes from the low nibble. The sign is kept apart as a bit: negating a zero in float
+    arithmetic may give +0 under the compiler's no-signed-zeros rules, and -0 must stay -0.
+    """
     c = codes.to(tl.int32)
     pair = tl.join(c & 0xF, (c >> 4) & 0xF)  # [BM, BK/2, 2]
     code = tl.reshape(pair, (pair.shape[0], pair.shape[1] * 2))
     m = code & 7
     mag = tl.where(m < 5, m.to(tl.float32) * 0.5, tl.where(m == 5, 3.0, tl.where(m == 6, 4.0, 6.0)))
-    return tl.where((code & 8) != 0, -mag, mag)
+    return mag, (code >> 3) & 1
+
+
+@triton.jit
+def _with_sign(mag, sign):
+    return (mag.to(tl.int32, bitcast=True) | (sign << 31)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -60,10 +69,10 @@ def fold_kernel(codes_ptr, scales_ptr, out_ptr, er_ptr, count_ptr, M, K,
         e_g = sb - 127
         unfoldable += tl.sum((live & (e_g < e_r[:, None] - 14)).to(tl.int32), axis=1)
         shift = tl.minimum(tl.maximum(e_g - e_r[:, None] + 6, -13), 6)
-        q = tl.reshape(_unpack(cb), (BLOCK_M, NG, GROUP))
-        v = q * _pow2(shift)[:, :, None]
-        _, byte = _e4m3_rn(tl.abs(v))
-        byte = byte | (((v.to(tl.int32, bitcast=True) >> 31) & 1) << 7)  # the sign bit, -0 included
+        mag, sign = _unpack(cb)
+        v = tl.reshape(mag, (BLOCK_M, NG, GROUP)) * _pow2(shift)[:, :, None]
+        _, byte = _e4m3_rn(v)
+        byte = byte | (tl.reshape(sign, (BLOCK_M, NG, GROUP)) << 7)  # the sign bit, -0 included
         byte = tl.where((sb == 255)[:, :, None], 0x7F, byte)
         cols = k0 + tl.arange(0, BLOCK_K)
         tl.store(out_ptr + rows[:, None] * K + cols[None, :], tl.reshape(byte, (BLOCK_M, BLOCK_K)).to(tl.uint8), mask=row_ok)
@@ -81,9 +90,11 @@ def nvfp4_bf16_kernel(codes_ptr, scales_ptr, out_ptr, M, K, BLOCK_M: tl.constexp
     cb = tl.load(codes_ptr + rows[:, None] * (K // 2) + (k0 // 2 + tl.arange(0, BLOCK_K // 2))[None, :], mask=row_ok, other=0)
     sb = tl.load(scales_ptr + rows[:, None] * (K // GROUP) + (k0 // GROUP + tl.arange(0, NG))[None, :], mask=row_ok, other=0).to(tl.int32)
     s8 = tl.where((sb & 0x7F) == 0x7F, float("nan"), _e4m3_from_byte(sb & 0x7F))  # scales are non-negative
-    v = tl.reshape(_unpack(cb), (BLOCK_M, NG, GROUP)) * s8[:, :, None]
+    mag, sign = _unpack(cb)
+    v = tl.reshape(mag, (BLOCK_M, NG, GROUP)) * s8[:, :, None]
+    v = _with_sign(tl.reshape(v, (BLOCK_M, BLOCK_K)), sign)
     cols = k0 + tl.arange(0, BLOCK_K)
-    tl.store(out_ptr + rows[:, None] * K + cols[None, :], tl.reshape(v, (BLOCK_M, BLOCK_K)).to(tl.bfloat16), mask=row_ok)
+    tl.store(out_ptr + rows[:, None] * K + cols[None, :], v.to(tl.bfloat16), mask=row_ok)
 
 
 def _block_k(k: int) -> int:

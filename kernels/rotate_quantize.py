@@ -119,32 +119,49 @@ def _e4m3_from_byte(b):
 def _load_tile(
     x_ptr, stride_r, stride_k, codes_ptr, scales_ptr, scale_stride, tscale_ptr, src_factor,
     rows, ks, R, K,
-    SRC_PACKED: tl.constexpr, SRC_E8M0: tl.constexpr, SRC_GROUP: tl.constexpr,
+    SRC_PACKED: tl.constexpr, SRC_E8M0: tl.constexpr, SRC_GROUP: tl.constexpr, TRANS_LOAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """The [BLOCK_R, BLOCK_K] input tile as float32, zero outside [R, K].
 
     Dense: element (r, k) at x_ptr + r*stride_r + k*stride_k. Packed: the logical input is the transpose
     of a quantized tensor Q [K_src_rows, R] (codes [.., R/2], scales [.., R/SRC_GROUP]): element (r, k) is
-    Q[k, r] = e2m1 * scale * (tensor_scale * factor).
+    Q[k, r] = e2m1 * scale * (tensor_scale * factor). Transposed sources (packed always, dense with
+    TRANS_LOAD when r is the contiguous axis) are loaded in their memory order as [BLOCK_K, BLOCK_R], so
+    the loads are coalesced, and transposed in registers.
     """
-    r2 = rows[:, None]
-    k2 = ks[None, :]
-    inside = (r2 < R) & (k2 < K)
     if SRC_PACKED:
-        byte = tl.load(codes_ptr + k2 * stride_k + r2 // 2, mask=inside, other=0).to(tl.int32)
-        code = (byte >> ((r2 % 2) * 4)) & 0xF
-        mag = tl.where((code & 7) < 5, (code & 7).to(tl.float32) * 0.5, tl.where((code & 7) == 5, 3.0, tl.where((code & 7) == 6, 4.0, 6.0)))
-        val = tl.where((code & 8) != 0, -mag, mag)
-        sbyte = tl.load(scales_ptr + k2 * scale_stride + r2 // SRC_GROUP, mask=inside, other=0)
+        kk = ks[:, None]  # [BLOCK_K, 1]: rows of Q
+        r0 = tl.program_id(0) * BLOCK_R
+        rb = (r0 // 2 + tl.arange(0, BLOCK_R // 2))[None, :]  # byte columns of Q's codes
+        byte = tl.load(codes_ptr + kk * stride_k + rb, mask=(kk < K) & (rb * 2 < R), other=0).to(tl.int32)  # [BLOCK_K, BLOCK_R/2]
+        pair = tl.join(byte & 0xF, (byte >> 4) & 0xF)  # element 2i from the low nibble
+        code = tl.reshape(pair, (BLOCK_K, BLOCK_R))
+        m = code & 7
+        mag = tl.where(m < 5, m.to(tl.float32) * 0.5, tl.where(m == 5, 3.0, tl.where(m == 6, 4.0, 6.0)))
+        sc = (r0 // SRC_GROUP + tl.arange(0, BLOCK_R // SRC_GROUP))[None, :]
+        sbyte = tl.load(scales_ptr + kk * scale_stride + sc, mask=(kk < K) & (sc * SRC_GROUP < R), other=0)  # [BLOCK_K, BLOCK_R/SRC_GROUP]
         if SRC_E8M0:
             sb = sbyte.to(tl.int32)
             scale = tl.where(sb == 255, float("nan"), _pow2(sb - 127))
         else:
             scale = _e4m3_from_byte(sbyte)
+        scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BLOCK_K, BLOCK_R // SRC_GROUP, SRC_GROUP)), (BLOCK_K, BLOCK_R))
         alpha = tl.load(tscale_ptr) * src_factor
-        x = tl.where(inside, (val * scale) * alpha, 0.0)
+        nat = (mag * scale) * alpha
+        nat = (nat.to(tl.int32, bitcast=True) | ((code & 8) << 28)).to(tl.float32, bitcast=True)  # sign as a bit: -0 stays -0
+        x = tl.trans(nat)
+        inside = (rows[:, None] < R) & (ks[None, :] < K)
+        x = tl.where(inside, x, 0.0)
+    elif TRANS_LOAD:
+        kk = ks[:, None]
+        rr = rows[None, :]
+        nat = tl.load(x_ptr + rr * stride_r + kk * stride_k, mask=(rr < R) & (kk < K), other=0.0).to(tl.float32)  # [BLOCK_K, BLOCK_R]
+        x = tl.trans(nat)
     else:
-        x = tl.load(x_ptr + r2 * stride_r + k2 * stride_k, mask=inside, other=0.0).to(tl.float32)
+        r2 = rows[:, None]
+        k2 = ks[None, :]
+        x = tl.load(x_ptr + r2 * stride_r + k2 * stride_k, mask=(r2 < R) & (k2 < K), other=0.0).to(tl.float32)
     return x
 
 
@@ -168,7 +185,7 @@ def _rotate(x, h_ptr, rot_scale, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, G
 @triton.jit
 def rotated_amax_kernel(
     x_ptr, stride_r, stride_k, codes_ptr, scales_ptr, scale_stride, tscale_ptr, src_factor, h_ptr, rot_scale, amax_ptr, R, K,
-    SRC_PACKED: tl.constexpr, SRC_E8M0: tl.constexpr, SRC_GROUP: tl.constexpr,
+    SRC_PACKED: tl.constexpr, SRC_E8M0: tl.constexpr, SRC_GROUP: tl.constexpr, TRANS_LOAD: tl.constexpr,
     G: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """amax over finite values of the (rotated) input, into amax_ptr (float32, pre-zeroed) by atomic max."""
@@ -177,7 +194,7 @@ def rotated_amax_kernel(
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     x = _load_tile(x_ptr, stride_r, stride_k, codes_ptr, scales_ptr, scale_stride, tscale_ptr, src_factor, rows, ks, R, K,
-                   SRC_PACKED, SRC_E8M0, SRC_GROUP)
+                   SRC_PACKED, SRC_E8M0, SRC_GROUP, TRANS_LOAD, BLOCK_R, BLOCK_K)
     if G > 0:
         x = _rotate(x, h_ptr, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
     a = tl.abs(x)
@@ -196,7 +213,7 @@ def quantize_kernel(
     # NVFP4 val_max for RTN / EDEN, correction group for EDEN
     val_max,
     RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
-    SRC_PACKED: tl.constexpr, SRC_E8M0: tl.constexpr, SRC_GROUP: tl.constexpr,
+    SRC_PACKED: tl.constexpr, SRC_E8M0: tl.constexpr, SRC_GROUP: tl.constexpr, TRANS_LOAD: tl.constexpr,
     HAS_U: tl.constexpr, WRITE_MASK: tl.constexpr, CORR: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -205,7 +222,7 @@ def quantize_kernel(
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     x = _load_tile(x_ptr, stride_r, stride_k, codes_src_ptr, scales_src_ptr, src_scale_stride, tscale_src_ptr, src_factor,
-                   rows, ks, R, K, SRC_PACKED, SRC_E8M0, SRC_GROUP)
+                   rows, ks, R, K, SRC_PACKED, SRC_E8M0, SRC_GROUP, TRANS_LOAD, BLOCK_R, BLOCK_K)
     if G > 0:
         x = _rotate(x, h_ptr, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
     NG: tl.constexpr = BLOCK_K // GROUP
@@ -408,7 +425,7 @@ def quantize(
     transpose: bool = False,
     pad_to: int = 1,
     uniforms: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
-    block_r: int = 32,
+    block_r: int | None = None,
     num_warps: int = 4,
 ) -> tuple[QuantizedTensor, torch.Tensor | None]:
     """Rotate and quantize along the last axis of ``x`` (or of ``x^T`` with ``transpose``) in one pass.
@@ -446,13 +463,16 @@ def quantize(
     multiple = math.lcm(group, g or 1, 16, pad_to)
     k_out = -(-k // multiple) * multiple
     block_k = _block_k(k_out, max(group, g, 16))
+    if block_r is None:  # H100 sweep (bench_kernels --sweep): 32 rows x 4 warps, 64 rows for Hadamard-128
+        block_r = 64 if g == 128 else 32
     if rotation is not None:
         rot_scale = float(rotation.abs().max())
         h = (rotation / rot_scale).to(device=device, dtype=torch.float32).contiguous()
     else:
         rot_scale, h = 1.0, torch.empty(1, device=device)
     grid = (triton.cdiv(r, block_r), k_out // block_k)
-    common = dict(SRC_PACKED=packed, SRC_E8M0=src_e8m0, SRC_GROUP=src_group, G=g, PRECISION=_precision(dtype, device),
+    trans_load = not packed and stride_r == 1 and stride_k != 1  # r is the contiguous axis: load [K, R] tiles
+    common = dict(SRC_PACKED=packed, SRC_E8M0=src_e8m0, SRC_GROUP=src_group, TRANS_LOAD=trans_load, G=g, PRECISION=_precision(dtype, device),
                   BLOCK_R=block_r, BLOCK_K=block_k, num_warps=num_warps)
     is_nv = quantizer.scale_format is ScaleFormat.E4M3
     if is_nv:

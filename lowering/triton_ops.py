@@ -21,6 +21,7 @@ import torch
 
 from fp4compile import formats
 from fp4compile.config import Recipe, Source
+from fp4compile.kernels.epilogue import mask_rotate_cast
 from fp4compile.kernels.quantize import quantize as kernel_quantize
 from fp4compile.kernels.quantize import supports
 from fp4compile.lowering.hopper_gemm import gemm_nt
@@ -71,10 +72,14 @@ def output_gemm(xq: QuantizedTensor, wq: QuantizedTensor, out_dtype: torch.dtype
 
 
 def _finish(g: torch.Tensor, mask_bits: torch.Tensor | None, k: int, recipe: Recipe, seed: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """Trust mask, inverse forward rotation and cast, fused in one kernel pass (kernels/epilogue.py)."""
     g = g[..., :k]
-    if mask_bits is not None and recipe.mask_gradients:
-        g = g * formats.unpack_bits(mask_bits)[..., :k]
-    return recipe.output.rotation.undo(g, ref.rotation_seed(seed, "output")).to(out_dtype)
+    mask = mask_bits if mask_bits is not None and recipe.mask_gradients else None
+    rotation = recipe.output.rotation
+    if mask is None and rotation.is_identity:
+        return g.to(out_dtype)
+    inverse = None if rotation.is_identity else rotation.matrix(ref.rotation_seed(seed, "output"), "cpu").t().to(g.device)
+    return mask_rotate_cast(g, mask, inverse, out_dtype)
 
 
 def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: Recipe, seed: int, out_dtype) -> torch.Tensor:

@@ -47,3 +47,20 @@ def test_nvfp4_bf16_kernel_matches_torch_twin(name):
     assert torch.equal(got.isnan(), ref.isnan()) and got.isnan().any()  # NaN payloads may differ
     finite = ~ref.isnan()
     assert torch.equal(got[finite].view(torch.int16), ref[finite].view(torch.int16))
+
+
+@pytest.mark.parametrize("with_mask,rotation", [(True, "hadamard-32"), (False, "hadamard-32"), (True, None)])
+def test_epilogue_kernel_matches_torch(with_mask, rotation):
+    """Fused mask + inverse rotation + cast equals the torch composition (up to FP32 summation order)."""
+    from fp4compile import formats
+    from fp4compile.kernels.epilogue import mask_rotate_cast
+    from fp4compile.rotations import parse_rotation
+
+    g = torch.randn(40, 256)
+    mask = torch.rand(40, 256) < 0.9
+    rot = None if rotation is None else parse_rotation(rotation)
+    expected = g * mask if with_mask else g
+    expected = (expected if rot is None else rot.undo(expected)).to(torch.bfloat16)
+    got = mask_rotate_cast(g.to(DEV), formats.pack_bits(mask).to(DEV) if with_mask else None,
+                           None if rot is None else rot.matrix(None).t(), torch.bfloat16).cpu()
+    assert (got.float() - expected.float()).abs().max() <= 2**-7 * expected.float().abs().max()

@@ -1,0 +1,62 @@
+"""The backward GEMMs' epilogue in one pass: trust mask, inverse forward rotation, cast.
+
+Quartet's gradients come out of the GEMM in the forward's rotated domain (fp32 ``[R, K]``); the reference
+(``fp4compile.lowering.triton_ops._finish`` / ``fp4compile.reference.linear._finish_grad``) then does
+
+    g = g * mask          # QuEST straight-through estimator: clipped elements get no gradient
+    g = g @ blockdiag(M)^T  # undo the forward Hadamard along K
+    g = g.to(out_dtype)
+
+as three or four passes over a 4-byte tensor. This kernel reads ``g`` and the mask bits once and writes
+the result once. The rotation is a small matmul (``tl.dot``) of +-1 entries scaled after accumulation,
+as in the reference, so only the FP32 summation order differs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fp4compile.kernels.rotate_quantize import _NO_FMA, _precision, _rotate
+
+
+@triton.jit
+def epilogue_kernel(g_ptr, mask_ptr, h_ptr, rot_scale, out_ptr, R, K,
+                    HAS_MASK: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
+                    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_r = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    ok = rows[:, None] < R
+    g = tl.load(g_ptr + rows[:, None] * K + ks[None, :], mask=ok, other=0.0)
+    if HAS_MASK:
+        mb = tl.load(mask_ptr + rows[:, None] * (K // 8) + (pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8))[None, :], mask=ok, other=0)
+        bits = (mb.to(tl.int32)[:, :, None] >> tl.arange(0, 8)[None, None, :]) & 1  # bit i of byte j: element 8j + i
+        g = tl.reshape(tl.reshape(g, (BLOCK_R, BLOCK_K // 8, 8)) * bits.to(tl.float32), (BLOCK_R, BLOCK_K))
+    if G > 0:
+        g = _rotate(g, h_ptr, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
+    tl.store(out_ptr + rows[:, None] * K + ks[None, :], g.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def mask_rotate_cast(g: torch.Tensor, mask_bits: torch.Tensor | None, inverse_rotation: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """``((g * mask) @ blockdiag(M^T)).to(out_dtype)`` for fp32 ``g [R, K]``; ``inverse_rotation`` is ``M^T``."""
+    g = g.contiguous().float()
+    r, k = g.shape
+    g_size = 0 if inverse_rotation is None else inverse_rotation.shape[0]
+    block_k = 128 if k % 128 == 0 else max(g_size, 32)
+    if k % block_k:
+        raise ValueError(f"epilogue kernel: K={k} is not a multiple of {block_k}")
+    out = torch.empty(r, k, dtype=out_dtype, device=g.device)
+    if inverse_rotation is not None:
+        rot_scale = float(inverse_rotation.abs().max())
+        h = (inverse_rotation / rot_scale).to(device=g.device, dtype=torch.float32).contiguous()
+    else:
+        rot_scale, h = 1.0, torch.empty(1, device=g.device)
+    mask = mask_bits.contiguous() if mask_bits is not None else torch.empty(1, dtype=torch.uint8, device=g.device)
+    block_r = 32
+    epilogue_kernel[(triton.cdiv(r, block_r), k // block_k)](
+        g, mask, h, rot_scale, out, r, k, HAS_MASK=mask_bits is not None, G=g_size, PRECISION=_precision(torch.float32, g.device),
+        BLOCK_R=block_r, BLOCK_K=block_k, **_NO_FMA)
+    return out
