@@ -21,6 +21,7 @@ VARIANTS = [
     ("nvfp4_4over6", 11, False, 16, 0, "bf16", False, False),
     ("nvfp4_sr", 10, True, 16, 0, "bf16", False, False),
     ("nvfp4_ms_eden+RHT128", 12, False, 16, 128, "bf16", False, False),
+    ("nvfp4_rtn_16x16", 13, False, 16, 0, "bf16", False, False),
 ]
 
 

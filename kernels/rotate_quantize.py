@@ -32,7 +32,7 @@ import triton.language as tl
 
 # Rules (constexpr RULE); kernels may only read globals that are tl.constexpr
 MX_OCP, MX_QUEST, MX_TSENG = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
-NV_RTN, NV_4OVER6, NV_EDEN = tl.constexpr(10), tl.constexpr(11), tl.constexpr(12)
+NV_RTN, NV_4OVER6, NV_EDEN, NV_RTN16 = tl.constexpr(10), tl.constexpr(11), tl.constexpr(12), tl.constexpr(13)
 
 _MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: (v + MAGIC) - MAGIC rounds |v| < 2^22 to the nearest integer, ties to even
 
@@ -230,6 +230,11 @@ def quantize_kernel(
     amax = tl.max(tl.abs(xg), axis=2)  # [BLOCK_R, NG] (tl.max skips NaN: flag it separately)
     has_nan = tl.max((xg != xg).to(tl.int32), axis=2) > 0
     bad = has_nan | ~(amax < float("inf"))  # Inf or NaN in the group
+    if RULE == NV_RTN16:  # one scale per 16x16 tile: reduce over the tile's 16 rows (tiles align with BLOCK_R)
+        t_amax = tl.max(tl.reshape(amax, (BLOCK_R // 16, 16, NG)), axis=1)
+        amax = tl.reshape(tl.broadcast_to(t_amax[:, None, :], (BLOCK_R // 16, 16, NG)), (BLOCK_R, NG))
+        t_bad = tl.max(tl.reshape(bad.to(tl.int32), (BLOCK_R // 16, 16, NG)), axis=1)
+        bad = tl.reshape(tl.broadcast_to(t_bad[:, None, :], (BLOCK_R // 16, 16, NG)), (BLOCK_R, NG)) > 0
     r2 = rows[:, None]
     k2 = ks[None, :]
     elem = r2 * K_OUT + k2  # counter for the uniforms of element (r, k)
@@ -387,6 +392,7 @@ RULES: dict[str, KernelRule] = {
     "mxfp4_tseng_rtn": KernelRule(MX_TSENG.value),
     "mxfp4_tseng_sr": KernelRule(MX_TSENG.value, stochastic=True),
     "nvfp4_rtn": KernelRule(NV_RTN.value),
+    "nvfp4_rtn_16x16": KernelRule(NV_RTN16.value),
     "nvfp4_4over6": KernelRule(NV_4OVER6.value, scales_max=256.0),
     "nvfp4_sr": KernelRule(NV_RTN.value, stochastic=True, val_max=SR_VAL_MAX),
     "nvfp4_ms_eden": KernelRule(NV_EDEN.value, val_max=EDEN_VAL_MAX, scales_max=256.0),

@@ -215,6 +215,11 @@ def _bf16_values(op: Operand) -> torch.Tensor:
     return op.block_values().to(torch.bfloat16)  # e2m1 * 2^e: 2 significant bits, FP32's exponent range
 
 
+def block_values_bf16(q: QuantizedTensor) -> torch.Tensor:
+    """``e2m1 * group scale`` of a quantized operand in BF16, exactly (the tensor scale and factor not applied)."""
+    return _bf16_values(q)
+
+
 def _f32_values(op: Operand) -> torch.Tensor:
     return op.block_values() if isinstance(op, QuantizedTensor) else op.float()
 

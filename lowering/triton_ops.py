@@ -24,7 +24,7 @@ from fp4compile.config import Recipe, Source
 from fp4compile.kernels.epilogue import mask_rotate_cast
 from fp4compile.kernels.quantize import quantize as kernel_quantize
 from fp4compile.kernels.quantize import supports
-from fp4compile.lowering.hopper_gemm import gemm_nt
+from fp4compile.lowering.hopper_gemm import block_values_bf16, gemm_nt
 from fp4compile.quantized import QuantizedTensor
 from fp4compile.quantizers import get_quantizer
 from fp4compile.reference import linear as ref
@@ -88,12 +88,21 @@ def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: R
     rseed = ref.rotation_seed(seed, "backward")
     # === GEMM 2: grad_input = Q(E R) @ Q(W^T R)^T   [T,N] @ [N,K] -> [T,K]
     e_q, _ = _quantize(grad, spec.a, spec.rotation, rseed, derive_seed(seed, "grad_input", "grad_output"), pad_to=multiple)
+    if recipe.weight_for_backward is Source.QUANTIZED and wq is not None and spec.b is None and spec.rotation.is_identity:
+        # the forward Wq reused as is (NVIDIA's recipe): its exact BF16 block values, transposed, and its alpha
+        w_t = block_values_bf16(wq).t()  # [K, N]
+        pad = (-w_t.shape[1]) % multiple
+        w_t = torch.nn.functional.pad(w_t, (0, pad)) if pad else w_t
+        return _finish(gemm_nt(e_q, w_t, torch.float32) * wq.alpha, x_mask, k, recipe, seed, out_dtype)
     if recipe.weight_for_backward is Source.QUANTIZED and wq is not None:
         w_src = wq  # packed [N, K], read transposed as W^T [K, N]
         w_q, _ = _quantize(w_src, spec.b, spec.rotation, rseed, derive_seed(seed, "grad_input", "weight"), pad_to=multiple)
     else:
         w_q, _ = _quantize(w_hp, spec.b, spec.rotation, rseed, derive_seed(seed, "grad_input", "weight"), transpose=True, pad_to=multiple)
     return _finish(gemm_nt(e_q, w_q, torch.float32), x_mask, k, recipe, seed, out_dtype)
+
+
+
 
 
 def grad_weight(grad, xq: QuantizedTensor | None, x_hp, w_mask, k: int, recipe: Recipe, seed: int, out_dtype) -> torch.Tensor:

@@ -2,7 +2,7 @@
 on the GPU when there is one, else on the CPU under TRITON_INTERPRET=1 at small sizes:
 
 * Deterministic rules (mxfp4_rtn, mxfp4_quest with Hadamard-32 and its trust mask, mxfp4_tseng_rtn with a
-  random Hadamard-32, nvfp4_rtn, nvfp4_4over6): codes, scales, tensor scale and mask are bit-exact, on
+  random Hadamard-32, nvfp4_rtn, nvfp4_4over6, nvfp4_rtn_16x16): codes, scales, tensor scale and mask are bit-exact, on
   odd row counts, transposed reads (X^T along T without a transpose copy), zero-padded lengths, and
   tensors with NaN/Inf, all-zero groups and 1e-30 / 1e30 magnitudes. (With a rotation the GPU's tensor-
   core sums may differ from the CPU's in the last bit; on the GPU we then require >= 99.9% equal codes, scales and mask bits
@@ -69,6 +69,7 @@ CASES = [
     ("nvfp4_rtn", None),
     ("nvfp4_4over6", None),
     ("nvfp4_rtn", "random_hadamard-16"),
+    ("nvfp4_rtn_16x16", None),
 ]
 
 
@@ -157,5 +158,6 @@ def test_stochastic_rules_unbiased_with_kernel_uniforms(name):
 
 
 def test_kernel_rejects_unknown_quantizer():
+    plugin = f4.Quantizer("test_plugin_rtn", f4.get_quantizer("nvfp4_rtn").fn, 16, "e4m3")  # a plug-in: no kernel rule
     with pytest.raises(NotImplementedError, match="no Triton kernel"):
-        _kernel()(torch.randn(4, 32), f4.get_quantizer("nvfp4_rtn_16x16"), None, seed=0)
+        _kernel()(torch.randn(4, 32), plugin, None, seed=0)
