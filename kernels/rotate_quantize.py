@@ -60,6 +60,18 @@ def _e2m1_magnitude_sr(mag, u):
 
 
 @triton.jit
+def _round(mag, u_ptr, elem, in_bounds, seed, SR: tl.constexpr, HAS_U: tl.constexpr):
+    """E2M1 magnitude of mag: RTN, or SR with the given uniforms (HAS_U) or counter-based ones (seed, element)."""
+    if SR:
+        if HAS_U:
+            u = tl.load(u_ptr + elem, mask=in_bounds, other=0.0)
+        else:
+            u = tl.rand(seed, elem)
+        return _e2m1_magnitude_sr(mag, u)
+    return _e2m1_magnitude_rtn(mag)
+
+
+@triton.jit
 def _code(q, x):
     """E2M1 magnitude q (on the grid) and the sign of x -> code 0..15 (int32)."""
     c = tl.where(q <= 2.0, q * 2.0, tl.where(q == 3.0, 5.0, tl.where(q == 4.0, 6.0, 7.0))).to(tl.int32)
@@ -263,14 +275,7 @@ def quantize_kernel(
             scaled = xg / scale[:, :, None]
         scaled2 = tl.reshape(scaled, (BLOCK_R, BLOCK_K))
         mag = _clamp_mag(scaled2)
-        if SR:
-            if HAS_U:
-                u = tl.load(u_ptr + elem, mask=(r2 < R) & (k2 < K_OUT), other=0.0)
-            else:
-                u = tl.rand(seed, elem)
-            q = _e2m1_magnitude_sr(mag, u)
-        else:
-            q = _e2m1_magnitude_rtn(mag)
+        q = _round(mag, u_ptr, elem, (r2 < R) & (k2 < K_OUT), seed, SR, HAS_U)
         codes = _code(q, scaled2)
         if WRITE_MASK:
             trust = (tl.abs(scaled2) < 6.0).to(tl.int32)
@@ -306,14 +311,7 @@ def quantize_kernel(
             scaled = xg / (vs * s32)[:, :, None]
             scaled2 = tl.reshape(scaled, (BLOCK_R, BLOCK_K))
             mag = _clamp_mag(scaled2)
-            if SR:
-                if HAS_U:
-                    u = tl.load(u_ptr + elem, mask=(r2 < R) & (k2 < K_OUT), other=0.0)
-                else:
-                    u = tl.rand(seed, elem)
-                q = _e2m1_magnitude_sr(mag, u)
-            else:
-                q = _e2m1_magnitude_rtn(mag)
+            q = _round(mag, u_ptr, elem, (r2 < R) & (k2 < K_OUT), seed, SR, HAS_U)
             if RULE == NV_EDEN:
                 # S = <x, x> / <x, x_hat> per correction group, in code units; s8 <- SR_E4M3(S * s8)
                 qs = tl.where(scaled2 < 0, -q, q)
