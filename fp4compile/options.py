@@ -92,5 +92,6 @@ def parse_options(options: Mapping | None) -> Options:
                 raise TypeError(f"option {name!r} takes True or False, got {value!r}")
             kwargs[name] = value
     if "dump_dir" in options:
-        kwargs["dump_dir"] = None if options["dump_dir"] is None else str(options.pop("dump_dir"))
+        value = options.pop("dump_dir")
+        kwargs["dump_dir"] = None if value is None else str(value)
     return Options(recipe=recipe, skip=tuple(skip), seed=seed, **kwargs)
