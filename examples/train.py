@@ -12,6 +12,7 @@ clipping at 1.0. Data is byte-level (vocabulary 256): by default the Python stan
     python examples/train.py --size 30m --compare bf16,quartet,quartet2   # same init and data order each
     python examples/train.py --size 30m --data ~/corpus/ --out runs/mine  # your own text
     python examples/train.py --size 30m --steps 8000 --resume             # continue runs/<recipe>/checkpoint.pt
+    torchrun --nproc_per_node 2 examples/train.py --size 125m --batch 32  # DDP: --batch is the global batch
 
 Each run writes to ``--out`` (default ``runs/<recipe>``; with ``--compare``, ``<out>/<recipe>``):
 ``metrics.json`` and ``metrics.csv`` (one row per evaluation: step, train_loss, val_loss, val_bpb,
@@ -200,9 +201,49 @@ def _progress(total: int, initial: int):
 # --------------------------------------------------------------------------------------------
 
 
+def distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain run."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def init_distributed(device: str) -> str:
+    """Join the process group under torchrun (NCCL on GPUs, Gloo on CPUs); returns this rank's device."""
+    import torch.distributed as dist
+
+    _, world, local_rank = distributed()
+    if world == 1 or dist.is_initialized():
+        return f"cuda:{local_rank}" if world > 1 and device.startswith("cuda") else device
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl")
+        return f"cuda:{local_rank}"
+    dist.init_process_group("gloo")
+    return device
+
+
+def _mean_over_ranks(value: torch.Tensor) -> float:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return value.item()
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value.item() / dist.get_world_size()
+
+
 def train_one(recipe: str, args, data: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
-    """Train (or resume) one run under ``recipe``; returns a summary dict (final val loss/bpb, paths, losses)."""
+    """Train (or resume) one run under ``recipe``; returns a summary dict (final val loss/bpb, paths, losses).
+
+    Under torchrun each rank trains on its slice of the same global batch (DDP averages the gradients), so
+    a run on W processes follows the same global batches as a single-process run; the backward's rotation
+    signs and rounding seeds come from module names and steps, hence agree on every rank. Rank 0 writes.
+    """
     device, dtype = resolve_device(args.device, args.dtype)
+    rank, world, _ = distributed()
+    device = init_distributed(device)
+    if args.batch % world:
+        raise ValueError(f"--batch {args.batch} is the global batch: it must divide among {world} processes")
+    main_rank = rank == 0
     out = Path(args.out_dirs[recipe])
     out.mkdir(parents=True, exist_ok=True)
     train_data, val_data = data if data is not None else load_data(args.data)
@@ -232,11 +273,19 @@ def train_one(recipe: str, args, data: tuple[torch.Tensor, torch.Tensor] | None 
 
     # The backend counts steps per compiled graph from 0; a resumed run gets a fresh base seed instead.
     compile_seed = args.seed if start_step == 0 else derive_seed(args.seed, "resume", start_step) & 0x7FFFFFFF
-    compiled = torch.compile(model, backend="quartet", options={"recipe": recipe, "seed": compile_seed})
-    print(f"[{recipe}] {args.size}: {count_params(model) / 1e6:.2f}M parameters, {device} {str(dtype).removeprefix('torch.')}, "
-          f"steps {start_step}->{args.steps}, batch {args.batch} x {args.seq} bytes, lr {peak_lr:g} -> {out}", flush=True)
+    wrapped = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+    compiled = torch.compile(wrapped, backend="quartet", options={"recipe": recipe, "seed": compile_seed})
+    if main_rank:
+        print(f"[{recipe}] {args.size}: {count_params(model) / 1e6:.2f}M parameters, {world} x {device} {str(dtype).removeprefix('torch.')}, "
+              f"steps {start_step}->{args.steps}, batch {args.batch} x {args.seq} bytes, lr {peak_lr:g} -> {out}", flush=True)
 
     def checkpoint(step: int) -> None:
+        if not main_rank:
+            return
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "recipe": recipe, "size": args.size,
             "data_generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
@@ -245,19 +294,21 @@ def train_one(recipe: str, args, data: tuple[torch.Tensor, torch.Tensor] | None 
         })
 
     tokens_per_step = args.batch * args.seq
-    bar = _progress(args.steps, start_step)
+    bar = _progress(args.steps, start_step) if main_rank else None
     run_start = time.time()
     window_start, window_losses, timed_steps, tps = time.time(), [], 0, 0.0
     for step in range(start_step, args.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, peak_lr)
-        x, y = (t.to(device, non_blocking=True) for t in get_batch(train_data, args.batch, args.seq, gen))
+        x, y = get_batch(train_data, args.batch, args.seq, gen)  # the global batch, the same on every rank
+        per = args.batch // world
+        x, y = (t[rank * per : (rank + 1) * per].to(device, non_blocking=True) for t in (x, y))
         loss = compiled(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        loss_value = loss.item()
+        loss_value = _mean_over_ranks(loss)
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"[{recipe}] loss is {loss_value} at step {step + 1}")
         losses.append(loss_value)
@@ -268,7 +319,9 @@ def train_one(recipe: str, args, data: tuple[torch.Tensor, torch.Tensor] | None 
         else:
             timed_steps += 1
             tps = timed_steps * tokens_per_step / max(time.time() - window_start, 1e-9)
-        if bar is not None:
+        if not main_rank:
+            pass
+        elif bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tps:,.0f}")
         elif done % args.log_every == 0 or done == args.steps:
@@ -281,22 +334,20 @@ def train_one(recipe: str, args, data: tuple[torch.Tensor, torch.Tensor] | None 
                 "step": done, "train_loss": sum(window_losses) / len(window_losses), "val_loss": val_loss,
                 "val_bpb": bits_per_byte(val_loss), "tokens_per_s": tps, "elapsed_s": elapsed0 + time.time() - run_start,
             })
-            write_metrics(out, metrics)
-            msg = f"[{recipe}] eval step {done}: val loss {val_loss:.4f} ({bits_per_byte(val_loss):.3f} bits/byte)"
-            if bar is None:
-                print(msg, flush=True)
-            else:
-                bar.write(msg)
+            if main_rank:
+                write_metrics(out, metrics)
+                msg = f"[{recipe}] eval step {done}: val loss {val_loss:.4f} ({bits_per_byte(val_loss):.3f} bits/byte)"
+                print(msg, flush=True) if bar is None else bar.write(msg)
             window_start, window_losses, timed_steps = time.time(), [], 0
         if args.save_every and done % args.save_every == 0 and done != args.steps:
             checkpoint(done)
     if bar is not None:
         bar.close()
 
-    if metrics:
+    if metrics and main_rank:
         write_metrics(out, metrics)
     checkpoint(max(start_step, args.steps))
-    plot = plot_losses(out, recipe, losses, metrics)
+    plot = plot_losses(out, recipe, losses, metrics) if main_rank else None
     last = metrics[-1] if metrics else {}
     return {
         "recipe": recipe, "out": str(out), "steps": max(start_step, args.steps), "params": count_params(model),
@@ -358,11 +409,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     data = load_data(args.data)
     source = args.data or "Python stdlib sources"
-    print(f"data: {source}: {data[0].numel() / 1e6:.2f}M training bytes, {data[1].numel() / 1e6:.2f}M validation bytes")
+    main_rank = distributed()[0] == 0
+    if main_rank:
+        print(f"data: {source}: {data[0].numel() / 1e6:.2f}M training bytes, {data[1].numel() / 1e6:.2f}M validation bytes")
     summaries = []
     for recipe in args.recipes:
         torch._dynamo.reset()  # each recipe compiles afresh
         summaries.append(train_one(recipe, args, data))
+    if not main_rank:
+        return summaries
     if len(summaries) > 1:
         print_comparison(summaries)
     else:

@@ -9,6 +9,8 @@ Claims checked, on the ``tiny`` preset under the default ``quartet`` recipe:
   and the run leaves ``loss.png`` (when matplotlib is installed) and ``checkpoint.pt``;
 * ``--resume`` loads the checkpoint and continues: to ``--steps 14`` it adds a row at step 14 after the
   rows at steps 6 and 12, and its per-step loss history continues the first run's.
+* Under torchrun with 2 CPU processes (DDP over Gloo) the losses equal the single-process run's at the same
+  global batch (within 1e-5 relative).
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import csv
 import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -59,3 +65,20 @@ def test_train_tiny_quartet_then_resume(tmp_path):
     assert metrics[-1]["elapsed_s"] >= metrics[1]["elapsed_s"]
     assert second["losses"][:12] == losses and len(second["losses"]) == 14
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 14
+
+
+def test_ddp_two_processes_follow_the_single_process_run(tmp_path):
+    """torchrun with 2 CPU processes (Gloo, DDP) at the same global batch gives the single-process losses:
+    each rank quantizes its slice with the same rotations and seeds (module names and steps), and with
+    quartet's groups of 32 tokens the split along T changes nothing but FP32 summation order."""
+
+    script = str(Path(train.__file__))
+    common = ["--size", "tiny", "--steps", "3", "--batch", "4", "--seq", "64", "--eval-every", "3", "--eval-batches", "1", "--device", "cpu"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", script, *common, "--out", str(tmp_path / "ddp")],
+                   check=True, capture_output=True, text=True, env=env, timeout=600)
+    subprocess.run([sys.executable, script, *common, "--out", str(tmp_path / "single")], check=True, capture_output=True, text=True, env=env, timeout=600)
+    ddp = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["losses"]
+    single = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)["losses"]
+    assert len(ddp) == len(single) == 3
+    assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(ddp, single, strict=True)), (ddp, single)
