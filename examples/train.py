@@ -26,6 +26,7 @@ Presets (``--size``; every dim, hidden width and head_dim is a multiple of 128, 
 so every recipe's quantization groups fit):
 
     tiny  ~0.5M   dim 128,  2 layers,  4 heads, hidden 384
+    20m   ~19.5M  dim 512,  6 layers,  4 heads, hidden 1408
     30m   ~30M    dim 512,  8 layers,  4 heads, hidden 1792
     125m  ~121M   dim 768, 12 layers,  6 heads, hidden 3328
     350m  ~346M   dim 1024, 24 layers, 8 heads, hidden 3328
@@ -55,12 +56,13 @@ from examples.llama import Llama, LlamaConfig, bits_per_byte, get_batch, stdlib_
 # LlamaConfig kwargs per preset, and each preset's default peak learning rate.
 SIZES: dict[str, dict] = {
     "tiny": dict(dim=128, layers=2, heads=4, hidden=384),
+    "20m": dict(dim=512, layers=6, heads=4, hidden=1408),  # the accuracy benchmark's model
     "30m": dict(dim=512, layers=8, heads=4, hidden=1792),
     "125m": dict(dim=768, layers=12, heads=6, hidden=3328),
     "350m": dict(dim=1024, layers=24, heads=8, hidden=3328),
     "1b": dict(dim=2048, layers=20, heads=16, hidden=5632),
 }
-DEFAULT_LR = {"tiny": 3e-3, "30m": 1.5e-3, "125m": 6e-4, "350m": 3e-4, "1b": 2e-4}
+DEFAULT_LR = {"tiny": 3e-3, "20m": 1.5e-3, "30m": 1.5e-3, "125m": 6e-4, "350m": 3e-4, "1b": 2e-4}
 METRIC_KEYS = ["step", "train_loss", "val_loss", "val_bpb", "tokens_per_s", "elapsed_s"]
 VAL_SEED = 1234  # validation batches are the same for every recipe, seed and evaluation
 

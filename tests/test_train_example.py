@@ -82,3 +82,13 @@ def test_ddp_two_processes_follow_the_single_process_run(tmp_path):
     single = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)["losses"]
     assert len(ddp) == len(single) == 3
     assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(ddp, single, strict=True)), (ddp, single)
+
+
+def test_accuracy_benchmark_ordering_check():
+    """bench_accuracy's verdict: Quartet II's gap must be below NVIDIA's and naive RTN the worst."""
+    from examples.bench_accuracy import ordering_holds
+
+    assert ordering_holds({"quartet2": 0.04, "nvidia": 0.05, "mxfp4-rtn": 0.2}) == [
+        "Quartet II gap < NVIDIA gap: yes", "naive mxfp4-rtn is the worst: yes"]
+    assert ordering_holds({"quartet2": 0.06, "nvidia": 0.05, "mxfp4-rtn": 0.01})[0].endswith("NO")
+    assert "NO (worst: quartet2)" in ordering_holds({"quartet2": 0.3, "nvidia": 0.05, "mxfp4-rtn": 0.2})[1]

@@ -1,0 +1,70 @@
+"""Accuracy benchmark: the same ~20M-parameter model trained under every recipe with the same data order
+and seed, final validation loss and bits per byte, and each recipe's gap to BF16 beside the papers' gaps.
+
+    python examples/bench_accuracy.py                         # ~20 tokens per parameter, on a GPU
+    python examples/bench_accuracy.py --size tiny --steps 20  # a CPU dry run of the pipeline
+
+The papers' gaps (numerics.md section 5, C4 val loss with a Llama-2 tokenizer, so only the ordering and
+rough size carry over to byte-level text): Quartet II's ~30M at D/N 25: NVIDIA 0.0548, Quartet II 0.0430;
+Quartet's Table 3, 30M at D/N 25: Quartet 3.49 vs BF16 3.42 (gap ~0.07). The check this script prints:
+Quartet II's gap below NVIDIA's, and naive MXFP4 RTN the worst.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from examples import train
+
+RECIPES = ["bf16", "quartet", "quartet-sr", "quartet2", "nvidia", "mxfp4-rtn"]
+PAPER_GAPS = {"quartet": "~0.07 (Quartet T3, 30M, D/N 25)", "quartet2": "0.0430 (QII, 30M, D/N 25)", "nvidia": "0.0548 (QII, 30M, D/N 25)"}
+
+
+def ordering_holds(gaps: dict[str, float]) -> list[str]:
+    """The papers' ordering, as statements that hold or not."""
+    out = []
+    if "quartet2" in gaps and "nvidia" in gaps:
+        out.append(f"Quartet II gap < NVIDIA gap: {'yes' if gaps['quartet2'] < gaps['nvidia'] else 'NO'}")
+    if "mxfp4-rtn" in gaps:
+        worst = max(gaps, key=gaps.get)
+        out.append(f"naive mxfp4-rtn is the worst: {'yes' if worst == 'mxfp4-rtn' else 'NO (worst: ' + worst + ')'}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="20m", choices=list(train.SIZES))
+    p.add_argument("--recipes", default=",".join(RECIPES))
+    p.add_argument("--tokens-per-param", type=float, default=20.0)
+    p.add_argument("--steps", type=int, default=None, help="overrides --tokens-per-param")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--out", default="runs/accuracy")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    recipes = [r for r in args.recipes.split(",") if r]
+    if "bf16" not in recipes:
+        recipes.insert(0, "bf16")
+    params = train.count_params(train.build_model(args.size, args.seq, args.seed, "meta", train.torch.float32))
+    steps = args.steps or max(1, round(args.tokens_per_param * params / (args.batch * args.seq)))
+    print(f"accuracy benchmark: {args.size} ({params / 1e6:.1f}M parameters), {steps} steps x {args.batch} x {args.seq} bytes "
+          f"= {steps * args.batch * args.seq / params:.1f} tokens per parameter")
+    summaries = train.main(["--size", args.size, "--compare", ",".join(recipes), "--steps", str(steps), "--batch", str(args.batch),
+                            "--seq", str(args.seq), "--eval-every", str(max(1, steps // 4)), "--out", args.out, "--seed", str(args.seed)])
+    base = next(s for s in summaries if s["recipe"] == "bf16")["val_loss"]
+    gaps = {s["recipe"]: s["val_loss"] - base for s in summaries if s["recipe"] != "bf16"}
+    print("\n| recipe | val loss | bits/byte | gap to bf16 | papers' gap |\n|---|---|---|---|---|")
+    for s in summaries:
+        gap = "-" if s["recipe"] == "bf16" else f"{gaps[s['recipe']]:+.4f}"
+        print(f"| {s['recipe']} | {s['val_loss']:.4f} | {s['val_bpb']:.4f} | {gap} | {PAPER_GAPS.get(s['recipe'], '-')} |")
+    for line in ordering_holds(gaps):
+        print(line)
+    return gaps
+
+
+if __name__ == "__main__":
+    main()
