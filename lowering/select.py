@@ -46,9 +46,19 @@ def select_kernel(options: Options, site) -> tuple[str, str]:
     device = _device(site)
     if options.kernels is KernelTarget.AUTO:
         if device.type == "cuda" and _has_triton():
-            return "triton", "auto: CUDA + Triton: fused rotate-quantize kernels, FP8 (MXFP4) / BF16 (NVFP4) GEMMs"
+            return "triton", "auto: CUDA + Triton: fused rotate-quantize kernels, FP8 (MXFP4) / BF16 (NVFP4) GEMMs" + _fallbacks(options, site)
         return "reference", f"auto: {device.type} tensors run the plain-PyTorch reference"
     check_target(options.kernels)
     if device.type != "cuda":
         raise RuntimeError(f"options['kernels']={options.kernels.value!r} but module {site.name!r} runs on {device.type}; move it to the GPU or use 'auto'")
-    return options.kernels.value, f"kernels={options.kernels.value!r}"
+    return options.kernels.value, f"kernels={options.kernels.value!r}" + _fallbacks(options, site)
+
+
+def _fallbacks(options: Options, site) -> str:
+    """Quantizers of this site's GEMM without a Triton kernel rule (plug-ins): their operands run the reference."""
+    from fp4compile.kernels.quantize import supports
+    from fp4compile.quantizers import get_quantizer
+
+    gemm = options.recipe.gemm("output" if site.role.value == "forward" else site.role.value)
+    missing = sorted({q for q in (gemm.a, gemm.b) if q is not None and not supports(get_quantizer(q))})
+    return f"; no Triton rule for {', '.join(missing)}: those operands run the reference" if missing else ""

@@ -86,3 +86,17 @@ def test_dump_env_writes_graphs(tmp_path, monkeypatch):
     assert {"joint_before.py", "joint_after.py", "forward.py", "backward.py", "forward.dot", "backward.dot", "sites.txt"} <= files
     assert "fp4compile" in (folders[0] / "forward.dot").read_text()
     assert "up" in (folders[0] / "sites.txt").read_text()
+
+
+def test_kernel_reason_names_plugin_quantizers_without_triton_rule():
+    """On the triton target, explain() says which plug-in quantizers fall back to the reference."""
+    from types import SimpleNamespace
+
+    from fp4compile.lowering.select import _fallbacks
+    from fp4compile.options import parse_options
+    from fp4compile.passes import Role
+
+    site = SimpleNamespace(role=Role.FORWARD)
+    assert "no Triton rule for nvfp4_rms" in _fallbacks(parse_options({"recipe": RMS_FWD}), site)
+    assert _fallbacks(parse_options({"recipe": "quartet2"}), site) == ""
+    assert _fallbacks(parse_options({"recipe": RMS_FWD}), SimpleNamespace(role=Role.GRAD_INPUT)) == ""  # MS-EDEN has one
