@@ -33,7 +33,7 @@ from fp4compile.lowering.select import check_target
 from fp4compile.options import Options, parse_options
 from fp4compile.passes.context import PassContext, placeholder_param_names
 from fp4compile.passes.pipeline import pipeline_key, run_pipeline
-from fp4compile.passes.site import MatmulSite
+from fp4compile.passes.site import MatmulSite, hinted_nbytes
 
 DUMP_ENV = "FP4COMPILE_DUMP"
 _STATES = itertools.count()
@@ -95,24 +95,13 @@ def _dynamo_param_names(gm: fx.GraphModule) -> list[str | None]:
     return names
 
 
-def _hint(v) -> int:
-    return int(v) if isinstance(v, int) else int(getattr(v.node, "hint", None) or 0) if hasattr(v, "node") else int(v)
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= _hint(s)
-    return n
-
-
 def _saved_tensors(backward: fx.GraphModule, param_placeholders: set[str]) -> list[SavedTensor]:
     out = []
     for node in backward.graph.nodes:
         val = node.meta.get("val")
         if node.op != "placeholder" or node.name.startswith("tangents") or not isinstance(val, torch.Tensor):
             continue
-        nbytes = _numel(val.shape) * val.element_size()
+        nbytes = hinted_nbytes(val)
         out.append(SavedTensor(node.name, tuple(val.shape), val.dtype, nbytes, node.name in param_placeholders))
     return out
 

@@ -30,7 +30,7 @@ import fp4compile.ops  # noqa: F401  (registers torch.ops.fp4compile)
 from fp4compile.config import Source
 from fp4compile.passes.assign_roles import source
 from fp4compile.passes.context import PassContext
-from fp4compile.passes.site import MatmulSite, Role
+from fp4compile.passes.site import MatmulSite, Role, hinted_nbytes
 from fp4compile.quantizers import get_quantizer
 from fp4compile.reference.linear import step_seed
 
@@ -73,14 +73,6 @@ class _Builder:
         return out
 
 
-def _nbytes(node: fx.Node) -> int:
-    val = node.meta["val"]
-    n = 1
-    for d in val.shape:
-        n *= int(d) if isinstance(d, int) else int(d.node.hint or 0)
-    return n * val.element_size()
-
-
 def _forward_is_random(ctx: PassContext) -> bool:
     spec = ctx.options.recipe.output
     return spec.rotation.is_random or any(q is not None and get_quantizer(q).stochastic for q in (spec.a, spec.b))
@@ -121,8 +113,8 @@ def _rewrite_linear(gm: fx.GraphModule, ctx: PassContext, b: _Builder, fwd: Matm
     read = (xq[:3] + ([x_mask] if x_mask is not None else [])) if x_quantized else [fwd.a]
     if not any(s.role is Role.GRAD_WEIGHT for s in backward):
         read = [x_mask] if x_mask is not None and any(s.role is Role.GRAD_INPUT for s in backward) else []
-    fwd.bytes_saved_input = sum(_nbytes(n) for n in read)
-    fwd.bytes_bf16_input = _nbytes(fwd.a) // fwd.a.meta["val"].element_size() * 2
+    fwd.bytes_saved_input = sum(hinted_nbytes(n.meta["val"]) for n in read)
+    fwd.bytes_bf16_input = hinted_nbytes(fwd.a.meta["val"]) // fwd.a.meta["val"].element_size() * 2
     for site in backward:
         bnode = site.node
         out_dtype = bnode.meta["val"].dtype

@@ -58,5 +58,13 @@ class MatmulSite:
         self.quantized, self.reason = quantized, reason
 
 
+def hinted_nbytes(val) -> int:
+    """Bytes of a (fake) tensor; symbolic sizes count at their hint (the example input's size), 0 without one."""
+    n = 1
+    for d in val.shape:
+        n *= int(d) if isinstance(d, int) else int(getattr(d.node, "hint", None) or 0)
+    return n * val.element_size()
+
+
 def is_fp4_node(node: fx.Node) -> bool:
     return node.op == "call_function" and getattr(node.target, "namespace", None) == "fp4compile"
