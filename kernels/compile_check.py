@@ -26,8 +26,6 @@ VARIANTS = [
 
 
 def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, precision: str, packed: bool, mask: bool):
-    import triton
-    from triton.backends.compiler import GPUTarget
 
     from fp4compile.kernels.rotate_quantize import quantize_kernel
 
@@ -36,16 +34,20 @@ def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, pr
     types = {"x_ptr": "*bf16", "codes_src_ptr": "*u8", "scales_src_ptr": "*u8", "tscale_src_ptr": "*fp32", "h_ptr": "*fp32",
              "s32_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32", "codes_ptr": "*u8", "scales_ptr": "*u8", "mask_ptr": "*u8",
              "src_factor": "fp32", "rot_scale": "fp32", "val_max": "fp32"}
-    signature = {}
-    for name in quantize_kernel.arg_names:
-        signature[name] = "constexpr" if name in constexprs else types.get(name, "i32")
-    src = triton.compiler.ASTSource(fn=quantize_kernel, signature=signature, constexprs={(quantize_kernel.arg_names.index(k),): v for k, v in constexprs.items()})
+    return _compile(quantize_kernel, constexprs, types, capability)
+
+
+def _compile(kernel, constexprs: dict, types: dict, capability: int):
+    """Compile one specialisation of ``kernel`` for sm_<capability>; unlisted runtime arguments are i32."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    signature = {n: ("constexpr" if n in constexprs else types.get(n, "i32")) for n in kernel.arg_names}
+    src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"enable_fp_fusion": False})
 
 
 def compile_fold_kernels(capability: int):
-    import triton
-    from triton.backends.compiler import GPUTarget
 
     from fp4compile.kernels.epilogue import epilogue_kernel
     from fp4compile.kernels.fold import fold_kernel, nvfp4_bf16_kernel
@@ -56,9 +58,7 @@ def compile_fold_kernels(capability: int):
              {"g_ptr": "*fp32", "mask_ptr": "*u8", "h_ptr": "*fp32", "rot_scale": "fp32", "out_ptr": "*bf16"})]
     for kernel, constexprs, types in jobs:
         types = {"codes_ptr": "*u8", "scales_ptr": "*u8", **types}
-        signature = {n: ("constexpr" if n in constexprs else types.get(n, "i32")) for n in kernel.arg_names}
-        src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
-        yield kernel.fn.__name__, triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"enable_fp_fusion": False})
+        yield kernel.fn.__name__, _compile(kernel, constexprs, types, capability)
 
 
 def main(capabilities: list[int]) -> int:
