@@ -2,9 +2,11 @@
 
     python examples/bench_kernels.py [--rows 16384 --cols 4096]
 
-For every kernel use in the recipes (forward X/W, backward E along N, E^T along T read transposed, and
-re-quantization of a saved FP4 tensor read transposed) it prints time, achieved bandwidth (bytes read +
-written / time) and the ratio to ``torch`` copying the same input (read + write). Needs a CUDA GPU.
+For every kernel launch of the recipes' triton lowering (forward X into its GEMM form plus the packed form
+saved for the backward, backward E along N, E^T along T read transposed, and re-quantization of a saved FP4
+tensor read transposed) it prints time, effective bandwidth (the fewest bytes: input read once, outputs
+written once, over the time, which includes the pre-pass that finds NVFP4's tensor scale or the FP8 row
+scales) and the ratio to ``torch`` copying the same input (read + write). Needs a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -16,22 +18,22 @@ import torch
 import triton.testing
 
 import fp4compile as f4
-from fp4compile.kernels.quantize import quantize
+from fp4compile.kernels.quantize import quantize_for_gemm
 from fp4compile.rotations import parse_rotation
 
 CASES = [
-    # (label, quantizer, rotation, source)
-    ("quartet fwd X: H32+QuEST+mask", "mxfp4_quest", "hadamard-32", "dense"),
-    ("quartet bwd E: RHT32+3/4 RTN", "mxfp4_tseng_rtn", "random_hadamard-32", "dense"),
-    ("quartet bwd E^T (transposed read)", "mxfp4_tseng_rtn", "random_hadamard-32", "transposed"),
-    ("quartet bwd Xq^T requant (packed)", "mxfp4_tseng_rtn", "random_hadamard-32", "packed:mxfp4_quest"),
-    ("quartet-sr bwd E: RHT32+3/4 SR", "mxfp4_tseng_sr", "random_hadamard-32", "dense"),
-    ("quartet2 fwd X: 4/6", "nvfp4_4over6", None, "dense"),
-    ("quartet2 bwd E: RHT128+MS-EDEN", "nvfp4_ms_eden", "random_hadamard-128", "dense"),
-    ("quartet2 bwd E^T (transposed read)", "nvfp4_ms_eden", "random_hadamard-128", "transposed"),
-    ("quartet2 bwd Xq^T requant (packed)", "nvfp4_ms_eden", "random_hadamard-128", "packed:nvfp4_4over6"),
-    ("nvidia fwd X: RTN", "nvfp4_rtn", None, "dense"),
-    ("nvidia bwd E: SR", "nvfp4_sr", None, "dense"),
+    # (label, quantizer, rotation, source, form, keep_packed): what the triton lowering launches per recipe
+    ("quartet fwd X: H32+QuEST -> fp8 + packed + mask", "mxfp4_quest", "hadamard-32", "dense", "fp8", True),
+    ("quartet bwd E: RHT32+3/4 RTN -> fp8", "mxfp4_tseng_rtn", "random_hadamard-32", "dense", "fp8", False),
+    ("quartet bwd E^T (transposed read) -> fp8", "mxfp4_tseng_rtn", "random_hadamard-32", "transposed", "fp8", False),
+    ("quartet bwd Xq^T requant (packed) -> fp8", "mxfp4_tseng_rtn", "random_hadamard-32", "packed:mxfp4_quest", "fp8", False),
+    ("quartet-sr bwd E: RHT32+3/4 SR -> fp8", "mxfp4_tseng_sr", "random_hadamard-32", "dense", "fp8", False),
+    ("quartet2 fwd X: 4/6 -> bf16 + packed", "nvfp4_4over6", None, "dense", "bf16", True),
+    ("quartet2 bwd E: RHT128+MS-EDEN -> bf16", "nvfp4_ms_eden", "random_hadamard-128", "dense", "bf16", False),
+    ("quartet2 bwd E^T (transposed read) -> bf16", "nvfp4_ms_eden", "random_hadamard-128", "transposed", "bf16", False),
+    ("quartet2 bwd Xq^T requant (packed) -> bf16", "nvfp4_ms_eden", "random_hadamard-128", "packed:nvfp4_4over6", "bf16", False),
+    ("nvidia fwd X: RTN -> bf16 + packed", "nvfp4_rtn", None, "dense", "bf16", True),
+    ("nvidia bwd E: SR -> bf16", "nvfp4_sr", None, "dense", "bf16", False),
 ]
 
 
@@ -46,30 +48,31 @@ def main() -> None:
     copy_bw = 2 * x.numel() * x.element_size() / copy_ms / 1e9  # TB/s: read + write
     print(f"GPU: {torch.cuda.get_device_name()}, input {args.rows}x{args.cols} bf16; device-to-device copy {copy_ms:.3f} ms = {copy_bw:.2f} TB/s")
     print("| kernel | time (ms) | TB/s | vs copy |\n|---|---|---|---|")
-    for label, name, rot, source in CASES:
+    for label, name, rot, source, form, keep in CASES:
         q = f4.get_quantizer(name)
-        rotation = None if rot is None else parse_rotation(rot).matrix(1, "cuda")
+        rotation = None if rot is None else parse_rotation(rot).matrix(1)
         if source.startswith("packed:"):
             src = f4.get_quantizer(source.split(":")[1]).quantize(x.float())
             src = f4.QuantizedTensor(src.codes, src.scales, src.scale_format, src.group_size, src.tensor_scale, src.factor)
             bytes_in = src.codes.numel() + src.scales.numel()
-            fn = functools.partial(quantize, src, q, rotation, 1)
+            fn = functools.partial(quantize_for_gemm, src, q, rotation, 1, form=form, keep_packed=keep)
         else:
-            transpose = source == "transposed"
             bytes_in = x.numel() * 2
-            fn = functools.partial(quantize, x, q, rotation, 1, transpose=transpose)
-        out, mask = fn()
-        bytes_out = out.codes.numel() + out.scales.numel() + (0 if mask is None else mask.numel())
-        extra = 2 * x.numel() if q.scale_format.value == "e4m3" and not source.startswith("packed") else 0  # the amax pass reads x again
+            fn = functools.partial(quantize_for_gemm, x, q, rotation, 1, form=form, keep_packed=keep, transpose=source == "transposed")
+        values, packed, mask = fn()
+        bytes_out = values.values.numel() * values.values.element_size()
+        if packed is not None:
+            bytes_out += packed.codes.numel() + packed.scales.numel() + (0 if mask is None else mask.numel())
         ms = triton.testing.do_bench(fn, return_mode="median")
-        bw = (bytes_in + bytes_out + extra) / ms / 1e9
+        bw = (bytes_in + bytes_out) / ms / 1e9  # the fewest bytes: input read once, outputs written once
         print(f"| {label} | {ms:.3f} | {bw:.2f} | {bw / copy_bw:.0%} |")
     if args.sweep:
         for name, rot in (("mxfp4_quest", "hadamard-32"), ("nvfp4_ms_eden", "random_hadamard-128")):
-            q, m = f4.get_quantizer(name), parse_rotation(rot).matrix(1, "cuda")
+            q, m = f4.get_quantizer(name), parse_rotation(rot).matrix(1)
+            form = "fp8" if q.scale_format.value == "e8m0" else "bf16"
             for block_r in (16, 32, 64):
                 for warps in (2, 4, 8):
-                    fn = functools.partial(quantize, x, q, m, 1, block_r=block_r, num_warps=warps)
+                    fn = functools.partial(quantize_for_gemm, x, q, m, 1, form=form, block_r=block_r, num_warps=warps)
                     print(f"sweep {name} BLOCK_R={block_r} num_warps={warps}: {triton.testing.do_bench(fn, return_mode='median'):.3f} ms")
 
 

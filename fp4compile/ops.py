@@ -6,11 +6,14 @@ Per quantized linear layer ``y = x W^T`` (x ``[T, K]``, W ``[N, K]``, E = dL/dy 
   layer, ``derive(base_seed, site, step)``, where ``step`` counts the calls of the compiled graph.
   It has a side effect (the count), so every call site gets its own ``site`` key (identical calls
   would be merged by common-subexpression elimination).
-* ``quantize(t, recipe, operand, seed, fallback_seed, kernel) -> (codes, scales, tensor_scale, mask)``:
-  the output GEMM's rotation and quantizer for ``operand`` ("input" or "weight"), along the last dim.
-  ``mask`` is the trust mask packed one bit per element, or an empty tensor.
-* ``output_gemm(x codes/scales/tensor_scale, w codes/scales/tensor_scale, recipe, out_dtype, kernel)``:
-  ``y = Xq @ Wq^T`` ``[T, N]``.
+* ``quantize(t, recipe, operand, seed, fallback_seed, kernel, form) -> (codes, scales, tensor_scale, mask,
+  values, row_scale)``: the output GEMM's rotation and quantizer for ``operand`` ("input" or "weight"),
+  along the last dim. ``mask`` is the trust mask packed one bit per element, or an empty tensor. ``form``
+  is the layout plan's decision (lowering/layout_plan.py): ``"packed"`` leaves ``values`` and ``row_scale``
+  empty; ``"fp8"`` / ``"bf16"`` also return the GEMM-ready values ``[R, K]`` (and FP32 row scales
+  ``[R, 1]`` for FP8) from the same kernel launch, while the packed outputs are what the backward saves.
+* ``output_gemm(x codes/scales/tensor_scale, w codes/scales/tensor_scale, recipe, out_dtype, kernel,
+  x values/row_scale, w values/row_scale)``: ``y = Xq @ Wq^T`` ``[T, N]``, from the values when given.
 * ``grad_input(E, W codes/scales/tensor_scale?, W?, x_mask?, recipe, seed, out_dtype, kernel)``: ``[T, K]``.
 * ``grad_weight(E, X codes/scales/tensor_scale?, X?, w_mask?, recipe, seed, out_dtype, kernel)``: ``[N, K]``.
 
@@ -25,7 +28,7 @@ import torch
 
 from fp4compile import formats
 from fp4compile.config import Recipe, get_recipe
-from fp4compile.quantized import QuantizedTensor
+from fp4compile.quantized import GemmValues, QuantizedTensor
 from fp4compile.quantizers import get_quantizer
 from fp4compile.reference import linear as ref
 from fp4compile.seeds import derive_seed
@@ -84,21 +87,36 @@ def reset_steps(state: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+_VALUE_DTYPES = {"fp8": torch.float8_e4m3fn, "bf16": torch.bfloat16}
+
+
+def _check_form(form: str) -> None:
+    if form != "packed" and form not in _VALUE_DTYPES:
+        raise ValueError(f"fp4compile::quantize: form must be 'packed', 'fp8' or 'bf16', got {form!r}")
+
+
 @torch.library.custom_op("fp4compile::quantize", mutates_args=())
-def quantize(t: Tensor, recipe: str, operand: str, seed: Tensor | None, fallback_seed: int, kernel: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def quantize(
+    t: Tensor, recipe: str, operand: str, seed: Tensor | None, fallback_seed: int, kernel: str, form: str = "packed"
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    _check_form(form)
     r = get_recipe(recipe)
     s = _seed_value(seed, fallback_seed)
     if (impl := _lowered(kernel)) is not None:
-        return impl.quantize(t, r, operand, s)
+        return impl.quantize(t, r, operand, s, form)
+    if form != "packed":
+        raise ValueError(f"fp4compile::quantize: the reference lowering writes the packed form only, not {form!r}")
     rot = r.output.rotation
     name = r.output.a if operand == "input" else r.output.b
     q = get_quantizer(name).quantize(rot.apply(t, ref.rotation_seed(s, "output")), derive_seed(s, "output", operand))
-    mask = formats.pack_bits(q.mask) if q.mask is not None else torch.empty(0, dtype=torch.uint8, device=t.device)
-    return q.codes, q.scales, q.tensor_scale.reshape(()).float(), mask
+    empty = torch.empty(0, dtype=torch.uint8, device=t.device)
+    mask = formats.pack_bits(q.mask) if q.mask is not None else empty
+    return q.codes, q.scales, q.tensor_scale.reshape(()).float(), mask, empty.clone(), empty.clone()
 
 
 @quantize.register_fake
-def _(t, recipe, operand, seed, fallback_seed, kernel):
+def _(t, recipe, operand, seed, fallback_seed, kernel, form="packed"):
+    _check_form(form)
     r = get_recipe(recipe)
     q = get_quantizer(r.output.a if operand == "input" else r.output.b)
     rows, k = t.shape[:-1], t.shape[-1]
@@ -106,7 +124,11 @@ def _(t, recipe, operand, seed, fallback_seed, kernel):
     scales = t.new_empty((*rows, k // q.group_size), dtype=torch.uint8)
     tscale = t.new_empty((), dtype=torch.float32)
     mask = t.new_empty((*rows, k // 8), dtype=torch.uint8) if q.has_mask else t.new_empty((0,), dtype=torch.uint8)
-    return codes, scales, tscale, mask
+    if form == "packed":
+        return codes, scales, tscale, mask, t.new_empty((0,), dtype=torch.uint8), t.new_empty((0,), dtype=torch.uint8)
+    values = t.new_empty((*rows, k), dtype=_VALUE_DTYPES[form])
+    row_scale = t.new_empty((*rows, 1), dtype=torch.float32) if form == "fp8" else t.new_empty((0,), dtype=torch.uint8)
+    return codes, scales, tscale, mask, values, row_scale
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,18 +138,25 @@ def _(t, recipe, operand, seed, fallback_seed, kernel):
 
 @torch.library.custom_op("fp4compile::output_gemm", mutates_args=())
 def output_gemm(
-    x_codes: Tensor, x_scales: Tensor, x_tscale: Tensor, w_codes: Tensor, w_scales: Tensor, w_tscale: Tensor, recipe: str, out_dtype: torch.dtype, kernel: str
+    x_codes: Tensor, x_scales: Tensor, x_tscale: Tensor, w_codes: Tensor, w_scales: Tensor, w_tscale: Tensor, recipe: str, out_dtype: torch.dtype, kernel: str,
+    x_values: Tensor | None = None, x_row_scale: Tensor | None = None, w_values: Tensor | None = None, w_row_scale: Tensor | None = None,
 ) -> Tensor:
     r = get_recipe(recipe)
     xq = _unflatten(r, r.output.a, x_codes, x_scales, x_tscale)
     wq = _unflatten(r, r.output.b, w_codes, w_scales, w_tscale)
     if (impl := _lowered(kernel)) is not None:
+        if x_values is not None and w_values is not None:
+            xq, wq = _values(xq, x_values, x_row_scale), _values(wq, w_values, w_row_scale)
         return impl.output_gemm(xq, wq, out_dtype)
     return ref.output_gemm(xq, wq, out_dtype)  # [T, K] @ [K, N] -> [T, N]
 
 
+def _values(q: QuantizedTensor, values: Tensor, row_scale: Tensor | None) -> GemmValues:
+    return GemmValues(values, row_scale if row_scale is not None and row_scale.dtype == torch.float32 else None, q.alpha)
+
+
 @output_gemm.register_fake
-def _(x_codes, x_scales, x_tscale, w_codes, w_scales, w_tscale, recipe, out_dtype, kernel):
+def _(x_codes, x_scales, x_tscale, w_codes, w_scales, w_tscale, recipe, out_dtype, kernel, x_values=None, x_row_scale=None, w_values=None, w_row_scale=None):
     return x_codes.new_empty((x_codes.shape[0], w_codes.shape[0]), dtype=out_dtype)
 
 

@@ -68,3 +68,29 @@ class QuantizedTensor:
         """Bytes a saved copy takes (codes, scales, tensor scale, and the mask at one bit per element)."""
         mask_bytes = 0 if self.mask is None else self.mask.numel() // 8
         return self.codes.numel() + self.scales.numel() + 4 + mask_bytes
+
+
+@dataclass
+class GemmValues:
+    """A quantized operand in the form a Hopper tensor core multiplies, with exactly the same values.
+
+    * ``values``    ``[M, K]``: float8_e4m3fn (MXFP4 folded: ``q * 2^(e_g - E_r + 6)``) or bfloat16 (NVFP4:
+                    ``q * s8``, exact);
+    * ``row_scale`` float32 ``[M, 1]`` (``2^(E_r - 6)``) for the FP8 form, None for BF16;
+    * ``alpha``     float32 scalar: ``tensor_scale * factor``, applied after the GEMM.
+
+    ``values * row_scale`` equals :meth:`QuantizedTensor.block_values` of the same quantization (for FP8:
+    in every group within 14 binades of its row's largest; lowering/hopper_gemm.py counts the others).
+    """
+
+    values: torch.Tensor
+    row_scale: torch.Tensor | None
+    alpha: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    def block_values(self) -> torch.Tensor:
+        v = self.values.float()
+        return v if self.row_scale is None else v * self.row_scale

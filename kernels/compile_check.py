@@ -2,7 +2,8 @@
 
     python -m fp4compile.kernels.compile_check 90 100     # sm_90 (Hopper) and sm_100 (Blackwell)
 
-Every rule and source variant the launcher can ask for, the FP8/BF16 conversion kernels and the backward epilogue, are compiled to PTX and a cubin, so compile errors
+Every rule, source and output-form variant the launcher can ask for, the pre-pass (stats) kernel, the FP8/BF16
+conversion kernels and the epilogue are compiled to PTX and a cubin, so compile errors
 that Triton's CPU interpreter does not see (globals that are not constexpr, unsupported conversions) show
 up in CI. Must run without TRITON_INTERPRET. Prints one line per variant and exits non-zero on a failure.
 """
@@ -13,28 +14,39 @@ import os
 import sys
 
 VARIANTS = [
-    # (name, RULE, SR, GROUP, G, PRECISION, SRC_PACKED, WRITE_MASK)
-    ("mxfp4_quest+H32", 1, False, 32, 32, "bf16", False, True),
-    ("mxfp4_tseng_rtn+RHT32 (packed source)", 2, False, 32, 32, "tf32x3", True, False),
-    ("mxfp4_tseng_sr", 2, True, 32, 0, "bf16", False, False),
-    ("mxfp4_rtn", 0, False, 32, 0, "bf16", False, False),
-    ("nvfp4_4over6", 11, False, 16, 0, "bf16", False, False),
-    ("nvfp4_sr", 10, True, 16, 0, "bf16", False, False),
-    ("nvfp4_ms_eden+RHT128", 12, False, 16, 128, "bf16", False, False),
-    ("nvfp4_rtn_16x16", 13, False, 16, 0, "bf16", False, False),
+    # (name, RULE, SR, GROUP, G, PRECISION, SCALED, WRITE_MASK, VALUES (0 none, 1 FP8, 2 BF16), WRITE_PACKED)
+    ("mxfp4_quest+H32 -> fp8 + packed", 1, False, 32, 32, "bf16", False, True, 1, True),
+    ("mxfp4_tseng_rtn+RHT32 (saved source) -> fp8", 2, False, 32, 32, "tf32x3", True, False, 1, False),
+    ("mxfp4_tseng_sr -> fp8", 2, True, 32, 0, "bf16", False, False, 1, False),
+    ("mxfp4_rtn -> packed", 0, False, 32, 0, "bf16", False, False, 0, True),
+    ("nvfp4_4over6 -> bf16 + packed", 11, False, 16, 0, "bf16", False, False, 2, True),
+    ("nvfp4_sr -> bf16", 10, True, 16, 0, "bf16", False, False, 2, False),
+    ("nvfp4_ms_eden+RHT128 (saved source) -> bf16", 12, False, 16, 128, "tf32x3", True, False, 2, False),
+    ("nvfp4_rtn_16x16 -> bf16 + packed", 13, False, 16, 0, "bf16", False, False, 2, True),
 ]
+_SOURCE_TYPES = {"x_ptr": "*bf16", "alpha_ptr": "*fp32", "codes_ptr": "*u8", "scales_ptr": "*u8", "h_ptr": "*fp32", "rot_scale": "fp32"}
 
 
-def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, precision: str, packed: bool, mask: bool):
+def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, precision: str, scaled: bool, mask: bool, values: int, write_packed: bool):
 
     from fp4compile.kernels.rotate_quantize import quantize_kernel
 
-    constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SRC_PACKED=packed, SRC_E8M0=True, SRC_GROUP=32, TRANS_LOAD=not packed and sr,
-                      HAS_U=False, WRITE_MASK=mask, CORR=group, BLOCK_R=32, BLOCK_K=128)
-    types = {"x_ptr": "*bf16", "codes_src_ptr": "*u8", "scales_src_ptr": "*u8", "tscale_src_ptr": "*fp32", "h_ptr": "*fp32",
-             "s32_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32", "codes_ptr": "*u8", "scales_ptr": "*u8", "mask_ptr": "*u8",
-             "src_factor": "fp32", "rot_scale": "fp32", "val_max": "fp32"}
+    constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=scaled, TRANS_LOAD=scaled or sr,
+                      HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed, VALUES=values, HW_CVT=True, BLOCK_R=32, BLOCK_K=128)
+    types = {**_SOURCE_TYPES, "s32_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32", "mask_ptr": "*u8", "val_max": "fp32",
+             "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "rs_ptr": "*fp32", "count_ptr": "*i32"}
     return _compile(quantize_kernel, constexprs, types, capability)
+
+
+def compile_stats_kernels(capability: int):
+    """The pre-pass: row exponents (MXFP4 -> FP8, QuEST after Hadamard-32) and the rotated tensor amax (MS-EDEN)."""
+    from fp4compile.kernels.rotate_quantize import stats_kernel
+
+    for name, row_exp, rule, group, g, out in (("stats: row exponents (QuEST, H32)", True, 1, 32, 32, "*i32"),
+                                               ("stats: tensor amax (RHT128)", False, 12, 16, 128, "*fp32")):
+        constexprs = dict(ROW_EXP=row_exp, RULE=rule, GROUP=group, SCALED=False, TRANS_LOAD=False,
+                          G=g, PRECISION="bf16", BLOCK_R=32, BLOCK_K=128)
+        yield name, _compile(stats_kernel, constexprs, {**_SOURCE_TYPES, "out_ptr": out}, capability)
 
 
 def _compile(kernel, constexprs: dict, types: dict, capability: int):
@@ -50,12 +62,12 @@ def _compile(kernel, constexprs: dict, types: dict, capability: int):
 def compile_fold_kernels(capability: int):
 
     from fp4compile.kernels.epilogue import epilogue_kernel
-    from fp4compile.kernels.fold import fold_kernel, nvfp4_bf16_kernel
+    from fp4compile.kernels.fold import bf16_values_kernel, fold_kernel
 
     jobs = [(fold_kernel, dict(BLOCK_M=32, BLOCK_K=256, GROUP=32), {"out_ptr": "*u8", "er_ptr": "*i32", "count_ptr": "*i32"}),
-            (nvfp4_bf16_kernel, dict(BLOCK_M=32, BLOCK_K=256, GROUP=16), {"out_ptr": "*bf16"}),
-            (epilogue_kernel, dict(HAS_MASK=True, G=32, PRECISION="tf32x3", BLOCK_R=32, BLOCK_K=128),
-             {"g_ptr": "*fp32", "mask_ptr": "*u8", "h_ptr": "*fp32", "rot_scale": "fp32", "out_ptr": "*bf16"})]
+            (bf16_values_kernel, dict(E8M0=False, BLOCK_M=32, BLOCK_K=256, GROUP=16), {"out_ptr": "*bf16"}),
+            (epilogue_kernel, dict(HAS_ALPHA=True, HAS_MASK=True, G=32, PRECISION="tf32x3", BLOCK_R=32, BLOCK_K=128),
+             {"g_ptr": "*fp32", "alpha_ptr": "*fp32", "mask_ptr": "*u8", "h_ptr": "*fp32", "rot_scale": "fp32", "out_ptr": "*bf16"})]
     for kernel, constexprs, types in jobs:
         types = {"codes_ptr": "*u8", "scales_ptr": "*u8", **types}
         yield kernel.fn.__name__, _compile(kernel, constexprs, types, capability)
@@ -75,7 +87,7 @@ def main(capabilities: list[int]) -> int:
                 failed += 1
                 print(f"sm_{cap} {name}: FAILED {type(err).__name__}: {str(err)[:2000]}")
         try:
-            for name, kernel in compile_fold_kernels(cap):
+            for name, kernel in [*compile_stats_kernels(cap), *compile_fold_kernels(cap)]:
                 print(f"sm_{cap} {name}: ok ({len(kernel.asm['cubin'])} bytes of cubin)")
         except Exception as err:
             failed += 1

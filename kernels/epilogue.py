@@ -1,8 +1,9 @@
-"""The backward GEMMs' epilogue in one pass: trust mask, inverse forward rotation, cast.
+"""The GEMMs' epilogue in one pass: alpha, trust mask, inverse forward rotation, cast.
 
 Quartet's gradients come out of the GEMM in the forward's rotated domain (fp32 ``[R, K]``); the reference
 (``fp4compile.lowering.triton_ops._finish`` / ``fp4compile.reference.linear._finish_grad``) then does
 
+    g = g * alpha         # tensor scales and factors of an exact-product (BF16) GEMM, when it has any
     g = g * mask          # QuEST straight-through estimator: clipped elements get no gradient
     g = g @ blockdiag(M)^T  # undo the forward Hadamard along K
     g = g.to(out_dtype)
@@ -18,12 +19,12 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4compile.kernels.rotate_quantize import _NO_FMA, _precision, _rotate
+from fp4compile.kernels.rotate_quantize import _NO_FMA, _precision, _rotate, device_rotation
 
 
 @triton.jit
-def epilogue_kernel(g_ptr, mask_ptr, h_ptr, rot_scale, out_ptr, R, K,
-                    HAS_MASK: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
+def epilogue_kernel(g_ptr, alpha_ptr, mask_ptr, h_ptr, rot_scale, out_ptr, R, K,
+                    HAS_ALPHA: tl.constexpr, HAS_MASK: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -31,6 +32,8 @@ def epilogue_kernel(g_ptr, mask_ptr, h_ptr, rot_scale, out_ptr, R, K,
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     ok = rows[:, None] < R
     g = tl.load(g_ptr + rows[:, None] * K + ks[None, :], mask=ok, other=0.0)
+    if HAS_ALPHA:
+        g = g * tl.load(alpha_ptr)
     if HAS_MASK:
         mb = tl.load(mask_ptr + rows[:, None] * (K // 8) + (pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8))[None, :], mask=ok, other=0)
         bits = (mb.to(tl.int32)[:, :, None] >> tl.arange(0, 8)[None, None, :]) & 1  # bit i of byte j: element 8j + i
@@ -40,8 +43,16 @@ def epilogue_kernel(g_ptr, mask_ptr, h_ptr, rot_scale, out_ptr, R, K,
     tl.store(out_ptr + rows[:, None] * K + ks[None, :], g.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def mask_rotate_cast(g: torch.Tensor, mask_bits: torch.Tensor | None, inverse_rotation: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
-    """``((g * mask) @ blockdiag(M^T)).to(out_dtype)`` for fp32 ``g [R, K]``; ``inverse_rotation`` is ``M^T``."""
+def supports_width(k: int, inverse_rotation: torch.Tensor | None) -> bool:
+    """Whether the kernel takes rows of ``k`` elements (a multiple of 32 and of the rotation size)."""
+    g_size = 0 if inverse_rotation is None else inverse_rotation.shape[0]
+    return k % max(g_size, 32) == 0
+
+
+def mask_rotate_cast(g: torch.Tensor, mask_bits: torch.Tensor | None, inverse_rotation: torch.Tensor | None, out_dtype: torch.dtype,
+                     alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """``((g * alpha * mask) @ blockdiag(M^T)).to(out_dtype)`` for fp32 ``g [R, K]``; ``inverse_rotation`` is ``M^T``
+    (built on the CPU: no host sync), ``alpha`` a float32 scalar tensor on g's device."""
     g = g.contiguous().float()
     r, k = g.shape
     g_size = 0 if inverse_rotation is None else inverse_rotation.shape[0]
@@ -49,14 +60,11 @@ def mask_rotate_cast(g: torch.Tensor, mask_bits: torch.Tensor | None, inverse_ro
     if k % block_k:
         raise ValueError(f"epilogue kernel: K={k} is not a multiple of {block_k}")
     out = torch.empty(r, k, dtype=out_dtype, device=g.device)
-    if inverse_rotation is not None:
-        rot_scale = float(inverse_rotation.abs().max())
-        h = (inverse_rotation / rot_scale).to(device=g.device, dtype=torch.float32).contiguous()
-    else:
-        rot_scale, h = 1.0, torch.empty(1, device=g.device)
+    h, rot_scale = device_rotation(inverse_rotation, g.device)
     mask = mask_bits.contiguous() if mask_bits is not None else torch.empty(1, dtype=torch.uint8, device=g.device)
     block_r = 32
+    alpha_t = alpha.reshape(1).float() if alpha is not None else h
     epilogue_kernel[(triton.cdiv(r, block_r), k // block_k)](
-        g, mask, h, rot_scale, out, r, k, HAS_MASK=mask_bits is not None, G=g_size, PRECISION=_precision(torch.float32, g.device),
+        g, alpha_t, mask, h, rot_scale, out, r, k, HAS_ALPHA=alpha is not None, HAS_MASK=mask_bits is not None, G=g_size, PRECISION=_precision(torch.float32, g.device),
         BLOCK_R=block_r, BLOCK_K=block_k, **_NO_FMA)
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fp4compile.kernels import HAS_TRITON, require_triton
 
 if HAS_TRITON:
-    from fp4compile.kernels.rotate_quantize import RULES, quantize, supports
+    from fp4compile.kernels.rotate_quantize import RULES, quantize, quantize_for_gemm, supports
 else:  # pragma: no cover - exercised on machines without Triton
     RULES: dict = {}
 
@@ -19,5 +19,8 @@ else:  # pragma: no cover - exercised on machines without Triton
     def quantize(*args, **kwargs):
         require_triton("the Triton quantize kernel")
 
+    def quantize_for_gemm(*args, **kwargs):
+        require_triton("the Triton quantize kernel")
 
-__all__ = ["RULES", "quantize", "supports"]
+
+__all__ = ["RULES", "quantize", "quantize_for_gemm", "supports"]

@@ -3,17 +3,20 @@
 Each program takes a tile of ``BLOCK_R`` output rows x ``BLOCK_K`` elements along the quantization axis
 (a multiple of the rotation size G, the scale group and 8) and does, in registers:
 
-1. load the tile, either from a dense tensor with any strides (so ``X^T`` along T is read from ``X``
-   without materialising the transpose) or from a packed FP4 tensor (codes, scales, tensor scale,
-   decode factor), dequantized on load and read transposed: the backward's re-quantization of the
-   forward-quantized W and X;
+1. load the tile from a tensor with any strides (so ``X^T`` along T is read from ``X`` without
+   materialising the transpose). The backward's re-quantization of the forward-quantized W and X reads
+   their exact BF16 block values (one conversion pass, kernels/fold.py) transposed, times their tensor
+   scale and factor: the dequantized values, as the reference's ``dequantize()``;
 2. rotate along the axis by a G x G matrix ``M`` (fixed or random-sign Hadamard, built on the host from
    the seed exactly as the reference builds it) as a small matmul (``tl.dot``);
 3. compute the group scales and round: MXFP4 rules OCP / QuEST (with trust mask) / Tseng 3/4 (RTN or
    SR), NVFP4 rules RTN (any val_max) / 4-over-6 / SR / MS-EDEN (per-group correction and stochastic
    rounding of the corrected E4M3 scale). NVFP4's FP32 tensor scale comes from a first pass over the
-   (rotated) input, :func:`rotated_amax`;
-4. write packed E2M1 codes ``[R, K/2]``, scale bytes ``[R, K/group]`` and the mask bits ``[R, K/8]``.
+   (rotated) input (``stats_kernel``, which also finds each row's largest scale exponent for the FP8 form);
+4. write what the consumers need (the lowering's layout plan decides): packed E2M1 codes ``[R, K/2]``, scale
+   bytes ``[R, K/group]`` and mask bits ``[R, K/8]`` (kept for the backward), and/or the GEMM-ready values
+   ``[R, K]``: MXFP4 folded into FP8 with an FP32 scale per row, NVFP4 as exact BF16 (hopper.md). The
+   FP8 form needs each row's largest scale exponent first, found by the same pre-pass kernel.
 
 Arithmetic follows ``fp4compile.reference`` operation for operation (same FP32 expressions, RNE via the
 1.5 * 2^23 trick, E4M3 rounding by the FP8 conversion), so codes and scales match the reference bit for
@@ -34,6 +37,7 @@ import triton.language as tl
 MX_OCP, MX_QUEST, MX_TSENG = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 NV_RTN, NV_4OVER6, NV_EDEN, NV_RTN16 = tl.constexpr(10), tl.constexpr(11), tl.constexpr(12), tl.constexpr(13)
 
+_NO_ROW_EXP = tl.constexpr(-1000)  # "no live group" marker of the row exponents (as kernels/fold.py)
 _MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: (v + MAGIC) - MAGIC rounds |v| < 2^22 to the nearest integer, ties to even
 
 
@@ -128,44 +132,49 @@ def _e4m3_from_byte(b):
 
 
 @triton.jit
-def _load_tile(
-    x_ptr, stride_r, stride_k, codes_ptr, scales_ptr, scale_stride, tscale_ptr, src_factor,
-    rows, ks, R, K,
-    SRC_PACKED: tl.constexpr, SRC_E8M0: tl.constexpr, SRC_GROUP: tl.constexpr, TRANS_LOAD: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """The [BLOCK_R, BLOCK_K] input tile as float32, zero outside [R, K].
+def _mx_exponent(xg, amax, RULE: tl.constexpr, GROUP: tl.constexpr):
+    """E8M0 scale exponent of each group of xg [BLOCK_R, NG, GROUP] (amax [BLOCK_R, NG]), clamped to [-127, 127].
 
-    Dense: element (r, k) at x_ptr + r*stride_r + k*stride_k. Packed: the logical input is the transpose
-    of a quantized tensor Q [K_src_rows, R] (codes [.., R/2], scales [.., R/SRC_GROUP]): element (r, k) is
-    Q[k, r] = e2m1 * scale * (tensor_scale * factor). Transposed sources (packed always, dense with
-    TRANS_LOAD when r is the contiguous axis) are loaded in their memory order as [BLOCK_K, BLOCK_R], so
-    the loads are coalesced, and transposed in registers.
+    QuEST: power-of-two floor of 0.48708 * std (+ 1e-8 relative); OCP and Tseng: floor(log2 amax) - 2.
     """
-    if SRC_PACKED:
-        kk = ks[:, None]  # [BLOCK_K, 1]: rows of Q
-        r0 = tl.program_id(0) * BLOCK_R
-        rb = (r0 // 2 + tl.arange(0, BLOCK_R // 2))[None, :]  # byte columns of Q's codes
-        byte = tl.load(codes_ptr + kk * stride_k + rb, mask=(kk < K) & (rb * 2 < R), other=0).to(tl.int32)  # [BLOCK_K, BLOCK_R/2]
-        pair = tl.join(byte & 0xF, (byte >> 4) & 0xF)  # element 2i from the low nibble
-        code = tl.reshape(pair, (BLOCK_K, BLOCK_R))
-        m = code & 7
-        mag = tl.where(m < 5, m.to(tl.float32) * 0.5, tl.where(m == 5, 3.0, tl.where(m == 6, 4.0, 6.0)))
-        sc = (r0 // SRC_GROUP + tl.arange(0, BLOCK_R // SRC_GROUP))[None, :]
-        sbyte = tl.load(scales_ptr + kk * scale_stride + sc, mask=(kk < K) & (sc * SRC_GROUP < R), other=0)  # [BLOCK_K, BLOCK_R/SRC_GROUP]
-        if SRC_E8M0:
-            sb = sbyte.to(tl.int32)
-            scale = tl.where(sb == 255, float("nan"), _pow2(sb - 127))
-        else:
-            scale = _e4m3_from_byte(sbyte)
-        scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BLOCK_K, BLOCK_R // SRC_GROUP, SRC_GROUP)), (BLOCK_K, BLOCK_R))
-        alpha = tl.load(tscale_ptr) * src_factor
-        nat = (mag * scale) * alpha
-        nat = (nat.to(tl.int32, bitcast=True) | ((code & 8) << 28)).to(tl.float32, bitcast=True)  # sign as a bit: -0 stays -0
-        x = tl.trans(nat)
-        inside = (rows[:, None] < R) & (ks[None, :] < K)
-        x = tl.where(inside, x, 0.0)
-    elif TRANS_LOAD:
+    if RULE == MX_QUEST:
+        p_exp = tl.minimum(tl.maximum(_exp_floor(amax), -127), 127)
+        p = tl.where(amax > 0, _pow2(p_exp), 0.0)
+        safe_p = tl.where(p > 0, p, 1.0)
+        xn = xg / safe_p[:, :, None]
+        mean = tl.sum(xn, axis=2) / GROUP
+        d = xn - mean[:, :, None]
+        std = tl.sqrt(tl.sum(d * d, axis=2) / GROUP) * p
+        s = 0.48707976 * std + 1e-8 * p
+        e = tl.where(s > 0, _exp_floor(s), -127)
+        e = tl.where(s < 1.1754943508222875e-38, -127, e)  # FP32 subnormal or zero -> byte 0
+    else:
+        e = _exp_floor(amax) - 2
+        e = tl.where(amax < 1.1754943508222875e-38, -129, e)
+    return tl.minimum(tl.maximum(e, -127), 127)
+
+
+@triton.jit
+def _group_stats(x, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
+    """x [BLOCK_R, BLOCK_K] -> (groups [BLOCK_R, NG, GROUP], amax [BLOCK_R, NG], bad [BLOCK_R, NG]: Inf or NaN inside)."""
+    xg = tl.reshape(x, (BLOCK_R, BLOCK_K // GROUP, GROUP))
+    amax = tl.max(tl.abs(xg), axis=2)  # tl.max skips NaN: flag it separately
+    has_nan = tl.max((xg != xg).to(tl.int32), axis=2) > 0
+    return xg, amax, has_nan | ~(amax < float("inf"))
+
+
+@triton.jit
+def _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K,
+               SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The [BLOCK_R, BLOCK_K] input tile as float32 (times alpha_ptr[0] with SCALED), zero outside [R, K].
+
+    Element (r, k) is at x_ptr + r*stride_r + k*stride_k. When r is the contiguous axis (TRANS_LOAD: X^T
+    along T read from X) the tile is loaded in memory order as [BLOCK_K, BLOCK_R], so the loads are
+    coalesced, and transposed in registers. SCALED is the re-quantization of a saved FP4 tensor: x holds its
+    exact BF16 block values (kernels/fold.py) and alpha its tensor scale times factor, so the tile is its
+    dequantized value, ``(e2m1 * scale) * alpha``, exactly as the reference's ``dequantize()``.
+    """
+    if TRANS_LOAD:
         kk = ks[:, None]
         rr = rows[None, :]
         nat = tl.load(x_ptr + rr * stride_r + kk * stride_k, mask=(rr < R) & (kk < K), other=0.0).to(tl.float32)  # [BLOCK_K, BLOCK_R]
@@ -174,6 +183,8 @@ def _load_tile(
         r2 = rows[:, None]
         k2 = ks[None, :]
         x = tl.load(x_ptr + r2 * stride_r + k2 * stride_k, mask=(r2 < R) & (k2 < K), other=0.0).to(tl.float32)
+    if SCALED:
+        x = x * tl.load(alpha_ptr)
     return x
 
 
@@ -195,53 +206,61 @@ def _rotate(x, h_ptr, rot_scale, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, G
 
 
 @triton.jit
-def rotated_amax_kernel(
-    x_ptr, stride_r, stride_k, codes_ptr, scales_ptr, scale_stride, tscale_ptr, src_factor, h_ptr, rot_scale, amax_ptr, R, K,
-    SRC_PACKED: tl.constexpr, SRC_E8M0: tl.constexpr, SRC_GROUP: tl.constexpr, TRANS_LOAD: tl.constexpr,
+def stats_kernel(
+    x_ptr, stride_r, stride_k, alpha_ptr, h_ptr, rot_scale, out_ptr, R, K,
+    ROW_EXP: tl.constexpr, RULE: tl.constexpr, GROUP: tl.constexpr, SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr,
     G: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """amax over finite values of the (rotated) input, into amax_ptr (float32, pre-zeroed) by atomic max."""
+    """The pre-pass over the (rotated) input that the quantize kernel needs before it can write.
+
+    ROW_EXP = False (NVFP4): amax over finite values into out_ptr[0] (float32, pre-zeroed), by atomic max.
+    ROW_EXP = True (MXFP4 written as folded FP8): per row, the largest scale exponent over the groups whose
+    E8M0 byte is neither 0 (2^-127) nor 255 (NaN), into out_ptr[row] (int32, pre-filled with _NO_ROW_EXP), by
+    atomic max. Those groups always hold a nonzero code, so this is the fold's E_r (lowering/hopper_gemm.py).
+    """
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    x = _load_tile(x_ptr, stride_r, stride_k, codes_ptr, scales_ptr, scale_stride, tscale_ptr, src_factor, rows, ks, R, K,
-                   SRC_PACKED, SRC_E8M0, SRC_GROUP, TRANS_LOAD, BLOCK_R, BLOCK_K)
+    x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
     if G > 0:
         x = _rotate(x, h_ptr, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
-    a = tl.abs(x)
-    finite = a < float("inf")  # False for Inf and NaN
-    m = tl.max(tl.max(tl.where(finite, a, 0.0), axis=1), axis=0)
-    tl.atomic_max(amax_ptr, m)
+    if ROW_EXP:
+        xg, amax, bad = _group_stats(x, BLOCK_R, BLOCK_K, GROUP)
+        e = _mx_exponent(xg, amax, RULE, GROUP)
+        live = ~bad & (e > -127)
+        tl.atomic_max(out_ptr + rows, tl.max(tl.where(live, e, _NO_ROW_EXP), axis=1), mask=rows < R)
+    else:
+        a = tl.abs(x)
+        finite = a < float("inf")  # False for Inf and NaN
+        m = tl.max(tl.max(tl.where(finite, a, 0.0), axis=1), axis=0)
+        tl.atomic_max(out_ptr, m)
 
 
 @triton.jit
 def quantize_kernel(
-    # input (dense, any strides) or packed FP4 source read transposed
-    x_ptr, stride_r, stride_k, codes_src_ptr, scales_src_ptr, src_scale_stride, tscale_src_ptr, src_factor,
+    # input (any strides), times alpha_ptr[0] with SCALED (a saved FP4 tensor's BF16 block values)
+    x_ptr, stride_r, stride_k, alpha_ptr,
     # rotation, tensor scale (NVFP4), uniforms (optional), outputs
     h_ptr, rot_scale, s32_ptr, u_ptr, us_ptr, codes_ptr, scales_ptr, mask_ptr,
+    # GEMM-ready values (VALUES = 1: folded FP8 bytes, row exponents in, row scales out, unfoldable count; 2: BF16)
+    values_ptr, er_ptr, rs_ptr, count_ptr,
     R, K, K_OUT, seed,
     # NVFP4 val_max for RTN / EDEN, correction group for EDEN
     val_max,
     RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
-    SRC_PACKED: tl.constexpr, SRC_E8M0: tl.constexpr, SRC_GROUP: tl.constexpr, TRANS_LOAD: tl.constexpr,
-    HAS_U: tl.constexpr, WRITE_MASK: tl.constexpr, CORR: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, HAS_U: tl.constexpr, WRITE_MASK: tl.constexpr, CORR: tl.constexpr, WRITE_PACKED: tl.constexpr, VALUES: tl.constexpr,
+    HW_CVT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    x = _load_tile(x_ptr, stride_r, stride_k, codes_src_ptr, scales_src_ptr, src_scale_stride, tscale_src_ptr, src_factor,
-                   rows, ks, R, K, SRC_PACKED, SRC_E8M0, SRC_GROUP, TRANS_LOAD, BLOCK_R, BLOCK_K)
+    x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
     if G > 0:
         x = _rotate(x, h_ptr, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
     NG: tl.constexpr = BLOCK_K // GROUP
-    xg = tl.reshape(x, (BLOCK_R, NG, GROUP))
-    amax = tl.max(tl.abs(xg), axis=2)  # [BLOCK_R, NG] (tl.max skips NaN: flag it separately)
-    has_nan = tl.max((xg != xg).to(tl.int32), axis=2) > 0
-    bad = has_nan | ~(amax < float("inf"))  # Inf or NaN in the group
+    xg, amax, bad = _group_stats(x, BLOCK_R, BLOCK_K, GROUP)  # [BLOCK_R, NG, GROUP], [BLOCK_R, NG] x2
     if RULE == NV_RTN16:  # one scale per 16x16 tile: reduce over the tile's 16 rows (tiles align with BLOCK_R)
         t_amax = tl.max(tl.reshape(amax, (BLOCK_R // 16, 16, NG)), axis=1)
         amax = tl.reshape(tl.broadcast_to(t_amax[:, None, :], (BLOCK_R // 16, 16, NG)), (BLOCK_R, NG))
@@ -252,21 +271,7 @@ def quantize_kernel(
     elem = r2 * K_OUT + k2  # counter for the uniforms of element (r, k)
 
     if RULE == MX_OCP or RULE == MX_TSENG or RULE == MX_QUEST:
-        if RULE == MX_QUEST:
-            p_exp = tl.minimum(tl.maximum(_exp_floor(amax), -127), 127)
-            p = tl.where(amax > 0, _pow2(p_exp), 0.0)
-            safe_p = tl.where(p > 0, p, 1.0)
-            xn = xg / safe_p[:, :, None]
-            mean = tl.sum(xn, axis=2) / GROUP
-            d = xn - mean[:, :, None]
-            std = tl.sqrt(tl.sum(d * d, axis=2) / GROUP) * p
-            s = 0.48707976 * std + 1e-8 * p
-            e = tl.where(s > 0, _exp_floor(s), -127)
-            e = tl.where(s < 1.1754943508222875e-38, -127, e)  # FP32 subnormal or zero -> byte 0
-        else:
-            e = _exp_floor(amax) - 2
-            e = tl.where(amax < 1.1754943508222875e-38, -129, e)
-        e = tl.minimum(tl.maximum(e, -127), 127)
+        e = _mx_exponent(xg, amax, RULE, GROUP)
         byte = tl.where(bad, 255, e + 127)
         scale = tl.where(bad, float("nan"), _pow2(e))
         if RULE == MX_TSENG:
@@ -341,21 +346,44 @@ def quantize_kernel(
         byte = tl.where(bad, 0x7F, byte)
         codes = _code(q, scaled2)
 
-    # --- write: packed codes [R, K_OUT/2], scales [R, K_OUT/GROUP], mask bits [R, K_OUT/8]
-    pairs = tl.reshape(codes, (BLOCK_R, BLOCK_K // 2, 2))
-    lo, hi = tl.split(pairs)
-    packed = (lo | (hi << 4)).to(tl.uint8)
-    pc = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
     row_ok = rows[:, None] < R
-    tl.store(codes_ptr + rows[:, None] * (K_OUT // 2) + pc[None, :], packed, mask=row_ok)
-    gc = pid_k * NG + tl.arange(0, NG)
-    tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
-    if WRITE_MASK:
-        bits = tl.reshape(trust, (BLOCK_R, BLOCK_K // 8, 8))
-        weights = (1 << tl.arange(0, 8)).to(tl.int32)
-        mbyte = tl.sum(bits * weights[None, None, :], axis=2).to(tl.uint8)
-        mc = pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
-        tl.store(mask_ptr + rows[:, None] * (K_OUT // 8) + mc[None, :], mbyte, mask=row_ok)
+    # --- GEMM-ready values [R, K_OUT] (hopper.md): the same numbers as the packed form, in what the tensor cores take
+    if VALUES == 1:  # MXFP4 folded into FP8: q * 2^(e_g - E_r + 6), row scale 2^(E_r - 6) (twin: hopper_gemm.fold_mxfp4_fp8)
+        e_r = tl.load(er_ptr + rows, mask=rows < R, other=_NO_ROW_EXP)
+        e_r = tl.where(e_r == _NO_ROW_EXP, 6, e_r)  # a row without a live group: row scale 1
+        shift = tl.minimum(tl.maximum(e - e_r[:, None] + 6, -13), 6)  # below -13 every value rounds to 0
+        mag8 = tl.reshape(tl.reshape(q, (BLOCK_R, NG, GROUP)) * _pow2(shift)[:, :, None], (BLOCK_R, BLOCK_K))
+        if HW_CVT:  # the GPU's cvt.rn.satfinite to e4m3: exact for shift >= -8, RNE below (as torch's cast)
+            v8 = mag8.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
+        else:  # the interpreter's conversion is not RNE at binade carries: integer arithmetic instead
+            _, v8 = _e4m3_rn(mag8)
+        v8 = v8 | ((codes >> 3) << 7)  # the code's sign bit, -0 included
+        v8 = tl.reshape(tl.where(bad[:, :, None], 0x7F, tl.reshape(v8, (BLOCK_R, NG, GROUP))), (BLOCK_R, BLOCK_K))
+        tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v8.to(tl.uint8), mask=row_ok)
+        nonzero = (tl.max(tl.reshape(codes & 7, (BLOCK_R, NG, GROUP)), axis=2) > 0) & ~bad
+        tl.atomic_add(count_ptr, tl.sum(tl.sum((nonzero & (e < e_r[:, None] - 14) & row_ok).to(tl.int32), axis=1), axis=0))
+        if pid_k == 0:
+            tl.store(rs_ptr + rows, _pow2(e_r - 6), mask=rows < R)
+    elif VALUES == 2:  # NVFP4 as exact BF16 q * s8 (twin: hopper_gemm.nvfp4_to_bf16)
+        s8 = tl.where(byte == 0x7F, float("nan"), _e4m3_from_byte(byte))
+        v = tl.reshape(tl.reshape(q, (BLOCK_R, NG, GROUP)) * s8[:, :, None], (BLOCK_R, BLOCK_K))
+        v = (v.to(tl.int32, bitcast=True) | ((codes >> 3) << 31)).to(tl.float32, bitcast=True)  # sign as a bit
+        tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v.to(tl.bfloat16), mask=row_ok)
+    if WRITE_PACKED:
+        # --- write: packed codes [R, K_OUT/2], scales [R, K_OUT/GROUP], mask bits [R, K_OUT/8]
+        pairs = tl.reshape(codes, (BLOCK_R, BLOCK_K // 2, 2))
+        lo, hi = tl.split(pairs)
+        packed = (lo | (hi << 4)).to(tl.uint8)
+        pc = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+        tl.store(codes_ptr + rows[:, None] * (K_OUT // 2) + pc[None, :], packed, mask=row_ok)
+        gc = pid_k * NG + tl.arange(0, NG)
+        tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
+        if WRITE_MASK:
+            bits = tl.reshape(trust, (BLOCK_R, BLOCK_K // 8, 8))
+            weights = (1 << tl.arange(0, 8)).to(tl.int32)
+            mbyte = tl.sum(bits * weights[None, None, :], axis=2).to(tl.uint8)
+            mc = pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
+            tl.store(mask_ptr + rows[:, None] * (K_OUT // 8) + mc[None, :], mbyte, mask=row_ok)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -368,7 +396,7 @@ from dataclasses import dataclass  # noqa: E402
 
 import torch  # noqa: E402
 
-from fp4compile.quantized import QuantizedTensor, ScaleFormat  # noqa: E402
+from fp4compile.quantized import GemmValues, QuantizedTensor, ScaleFormat  # noqa: E402
 from fp4compile.quantizers import Quantizer  # noqa: E402
 from fp4compile.reference.nvfp4 import EDEN_VAL_MAX, SR_VAL_MAX  # noqa: E402
 
@@ -405,6 +433,7 @@ def supports(quantizer: Quantizer) -> bool:
 # No FMA contraction: a*b + c must round twice, as in the reference (e.g. QuEST's 0.487 * std + 1e-8 * p).
 # The interpreter takes no compile options.
 _NO_FMA = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"enable_fp_fusion": False}
+_HW_CVT = os.environ.get("TRITON_INTERPRET") != "1"  # hardware FP8 conversion when compiled for a GPU
 
 
 def _block_k(k_out: int, minimum: int) -> int:
@@ -412,6 +441,36 @@ def _block_k(k_out: int, minimum: int) -> int:
         if b >= minimum and k_out % b == 0:
             return b
     raise ValueError(f"quantize kernel: padded length {k_out} is not a multiple of {minimum}")
+
+
+def device_rotation(rotation: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor, float]:
+    """``(M / c on device as float32, c)`` with ``c = max |M|`` (float32 ``1/sqrt(G)`` for a Hadamard), so ``M / c`` is +-1.
+
+    ``rotation`` built on the CPU (what the lowering passes) costs no host synchronization: ``c`` is read on
+    the host and the +-1 matrix travels through pinned memory without blocking. A matrix already on the
+    GPU is read back once (a sync); only tests do that. No rotation: a 1-element placeholder and c = 1.
+    """
+    if rotation is None:
+        return torch.empty(1, device=device), 1.0
+    if rotation.device.type == "cpu":
+        rot_scale = float(rotation.abs().max())
+        h = (rotation.float() / rot_scale).contiguous()
+        if device.type == "cuda":
+            h = h.pin_memory().to(device, non_blocking=True)
+        return h, rot_scale
+    rot_scale = float(rotation.abs().max())
+    return (rotation / rot_scale).to(device=device, dtype=torch.float32).contiguous(), rot_scale
+
+
+_CONSTANTS: dict[tuple[float, torch.device], torch.Tensor] = {}
+
+
+def device_constant(value: float, device: torch.device) -> torch.Tensor:
+    """A cached float32 one-element tensor on ``device`` (no host-to-device copy per call)."""
+    key = (value, torch.device(device))
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor([value], dtype=torch.float32, device=device)
+    return _CONSTANTS[key]
 
 
 def _precision(dtype: torch.dtype, device: torch.device) -> str:
@@ -436,32 +495,66 @@ def quantize(
 
     ``x`` is a dense 2-D tensor, or a QuantizedTensor ``[Kq, R]`` that is dequantized on load and read
     transposed (always: it is the backward's re-quantization of a forward-quantized operand).
-    ``rotation`` is the G x G matrix the reference would use (or None). The quantization axis is
-    zero-padded to a multiple of ``pad_to``. ``uniforms`` (element, scale) replaces the kernel's
-    counter-based draws with given ones (tests). Returns the quantized tensor and its packed trust-mask
-    bits (or None).
+    ``rotation`` is the G x G matrix the reference would use (or None): built on the CPU it costs no host
+    sync. The quantization axis is zero-padded to a multiple of ``pad_to``. ``uniforms`` (element, scale)
+    replaces the kernel's counter-based draws with given ones (tests). Returns the quantized tensor and
+    its packed trust-mask bits (or None).
     """
+    _, q, mask = _launch(x, quantizer, rotation, seed, "none", True, transpose, pad_to, uniforms, block_r, num_warps)
+    return q, mask
+
+
+VALUE_FORMS = {"fp8": 1, "bf16": 2}
+
+
+def quantize_for_gemm(
+    x: torch.Tensor | QuantizedTensor,
+    quantizer: Quantizer,
+    rotation: torch.Tensor | None,
+    seed: int,
+    *,
+    form: str,
+    keep_packed: bool = False,
+    transpose: bool = False,
+    pad_to: int = 1,
+    uniforms: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+    block_r: int | None = None,
+    num_warps: int = 4,
+) -> tuple[GemmValues, QuantizedTensor | None, torch.Tensor | None]:
+    """As :func:`quantize`, writing the GEMM-ready values directly (no second pass over packed FP4).
+
+    ``form`` is ``"fp8"`` (MXFP4 quantizers: folded FP8 values and FP32 row scales, after a pre-pass that
+    finds each row's largest scale exponent) or ``"bf16"`` (NVFP4 quantizers: exact ``q * s8``). With
+    ``keep_packed`` the packed codes, scales and mask are written too (the forward operands the backward
+    re-reads); otherwise only the values. Returns ``(values, packed or None, mask bits or None)``.
+    """
+    if form not in VALUE_FORMS:
+        raise ValueError(f"quantize_for_gemm: form must be one of {sorted(VALUE_FORMS)}, got {form!r}")
+    wants = ScaleFormat.E8M0 if form == "fp8" else ScaleFormat.E4M3
+    if quantizer.scale_format is not wants:
+        raise ValueError(f"quantize_for_gemm: form {form!r} takes {wants.value}-scaled quantizers; {quantizer.name!r} is {quantizer.scale_format.value}")
+    return _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, block_r, num_warps)
+
+
+def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, block_r, num_warps):
     rule = RULES.get(quantizer.name)
     if rule is None:
         raise NotImplementedError(f"no Triton kernel for quantizer {quantizer.name!r}; it runs through the reference")
-    packed = isinstance(x, QuantizedTensor)
-    if packed:
-        kq, r = x.shape
-        k = kq
-        device = x.codes.device
-        dtype = torch.float32
-        dense, stride_r, stride_k = x.codes, 0, x.codes.stride(0)
-        src = (x.codes, x.scales, x.scales.stride(0), x.tensor_scale.reshape(1).float(), float(x.factor))
-        src_e8m0, src_group = x.scale_format is ScaleFormat.E8M0, x.group_size
-    else:
-        if x.dim() != 2:
-            raise ValueError(f"quantize kernel takes a 2-D tensor, got shape {tuple(x.shape)}")
-        r, k = (x.shape[1], x.shape[0]) if transpose else x.shape
-        stride_r, stride_k = (x.stride(1), x.stride(0)) if transpose else (x.stride(0), x.stride(1))
-        device, dtype, dense = x.device, x.dtype, x
-        dummy = torch.empty(1, dtype=torch.uint8, device=device)
-        src = (dummy, dummy, 0, torch.ones(1, device=device), 1.0)
-        src_e8m0, src_group = True, 32
+    scaled = isinstance(x, QuantizedTensor)
+    if scaled:  # re-quantization of a saved [Kq, R] tensor along R: its exact BF16 block values, read transposed
+        from fp4compile.kernels.fold import block_values_bf16
+
+        alpha_src = (x.tensor_scale.reshape(1).float() * x.factor).contiguous()
+        x = block_values_bf16(x.codes, x.scales, x.group_size, e8m0=x.scale_format is ScaleFormat.E8M0)
+        transpose = True
+    if x.dim() != 2:
+        raise ValueError(f"quantize kernel takes a 2-D tensor, got shape {tuple(x.shape)}")
+    r, k = (x.shape[1], x.shape[0]) if transpose else x.shape
+    stride_r, stride_k = (x.stride(1), x.stride(0)) if transpose else (x.stride(0), x.stride(1))
+    device, dense = x.device, x
+    dtype = torch.float32 if scaled else x.dtype  # the scaled tile is float32: rotate it at FP32 precision
+    if not scaled:
+        alpha_src = device_constant(1.0, device)
     group = quantizer.group_size
     g = 0 if rotation is None else rotation.shape[0]
     multiple = math.lcm(group, g or 1, 16, pad_to)
@@ -469,36 +562,57 @@ def quantize(
     block_k = _block_k(k_out, max(group, g, 16))
     if block_r is None:  # H100 sweep (bench_kernels --sweep): 32 rows x 4 warps, 64 rows for Hadamard-128
         block_r = 64 if g == 128 else 32
-    if rotation is not None:
-        rot_scale = float(rotation.abs().max())
-        h = (rotation / rot_scale).to(device=device, dtype=torch.float32).contiguous()
-    else:
-        rot_scale, h = 1.0, torch.empty(1, device=device)
+    h, rot_scale = device_rotation(rotation, device)
     grid = (triton.cdiv(r, block_r), k_out // block_k)
-    trans_load = not packed and stride_r == 1 and stride_k != 1  # r is the contiguous axis: load [K, R] tiles
-    common = dict(SRC_PACKED=packed, SRC_E8M0=src_e8m0, SRC_GROUP=src_group, TRANS_LOAD=trans_load, G=g, PRECISION=_precision(dtype, device),
+    trans_load = stride_r == 1 and stride_k != 1  # r is the contiguous axis: load [K, R] tiles
+    common = dict(SCALED=scaled, TRANS_LOAD=trans_load, G=g, PRECISION=_precision(dtype, device),
                   BLOCK_R=block_r, BLOCK_K=block_k, num_warps=num_warps)
+    source = (dense, stride_r, stride_k, alpha_src, h, rot_scale)
     is_nv = quantizer.scale_format is ScaleFormat.E4M3
-    if is_nv:
+    if is_nv:  # pre-pass: the tensor scale from the (rotated) amax
         amax = torch.zeros(1, device=device, dtype=torch.float32)
-        rotated_amax_kernel[grid](dense, stride_r, stride_k, src[0], src[1], src[2], src[3], src[4], h, rot_scale, amax, r, k, **common, **_NO_FMA)
-        s32 = amax / torch.tensor(rule.scales_max * rule.val_max, dtype=torch.float32, device=device)  # true division, as the reference
+        stats_kernel[grid](*source, amax, r, k, ROW_EXP=False, RULE=rule.rule, GROUP=group, **common, **_NO_FMA)
+        s32 = amax / device_constant(rule.scales_max * rule.val_max, device)  # true division, as the reference
         s32 = torch.where(amax > 0, s32, torch.ones_like(s32))
     else:
-        s32 = torch.ones(1, device=device, dtype=torch.float32)
-    codes = torch.empty(r, k_out // 2, dtype=torch.uint8, device=device)
-    scales = torch.empty(r, k_out // group, dtype=torch.uint8, device=device)
-    mask = torch.empty(r, k_out // 8, dtype=torch.uint8, device=device) if rule.mask else torch.empty(1, dtype=torch.uint8, device=device)
+        s32 = torch.ones(1, device=device, dtype=torch.float32)  # its own tensor: it becomes an op output
+    empty8 = torch.empty(1, dtype=torch.uint8, device=device)
+    values = VALUE_FORMS.get(form, 0)
+    e_r = row_scale = count = empty8
+    if values == 1:  # pre-pass: each row's largest live scale exponent
+        e_r = torch.full((r,), _NO_ROW_EXP.value, dtype=torch.int32, device=device)
+        stats_kernel[grid](*source, e_r, r, k, ROW_EXP=True, RULE=rule.rule, GROUP=group, **common, **_NO_FMA)
+        row_scale = torch.empty(r, 1, dtype=torch.float32, device=device)
+        count = torch.zeros(1, dtype=torch.int32, device=device)
+    out_values = empty8 if values == 0 else torch.empty(r, k_out, dtype=torch.uint8 if values == 1 else torch.bfloat16, device=device)
+    codes = torch.empty(r, k_out // 2, dtype=torch.uint8, device=device) if keep_packed else empty8
+    scales = torch.empty(r, k_out // group, dtype=torch.uint8, device=device) if keep_packed else empty8
+    write_mask = rule.mask and keep_packed
+    mask = torch.empty(r, k_out // 8, dtype=torch.uint8, device=device) if write_mask else empty8
     u_elem, u_scale = uniforms if uniforms is not None else (None, None)
     has_u = uniforms is not None
     u_elem = u_elem.to(device).contiguous() if u_elem is not None else torch.empty(1, device=device)
     u_scale = u_scale.to(device).contiguous() if u_scale is not None else torch.empty(1, device=device)
     quantize_kernel[grid](
-        dense, stride_r, stride_k, src[0], src[1], src[2], src[3], src[4],
-        h, rot_scale, s32, u_elem, u_scale, codes, scales, mask,
+        *source, s32, u_elem, u_scale, codes, scales, mask,
+        out_values, e_r, row_scale, count,
         r, k, k_out, int(seed) & 0x7FFFFFFF, rule.val_max,
-        RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=rule.mask, CORR=group, **common,
-        **_NO_FMA,
+        RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
+        WRITE_PACKED=keep_packed, VALUES=values, HW_CVT=_HW_CVT, **common, **_NO_FMA,
     )
-    q = QuantizedTensor(codes, scales, quantizer.scale_format, group, s32.reshape(()), quantizer.factor)
-    return q, (mask if rule.mask else None)
+    alpha = s32.reshape(()) * quantizer.factor
+    q = QuantizedTensor(codes, scales, quantizer.scale_format, group, s32.reshape(()), quantizer.factor) if keep_packed else None
+    gemm = None
+    if values == 1:
+        _record_fold(scales_numel=r * (k_out // group), unfoldable=count)
+        gemm = GemmValues(out_values.view(torch.float8_e4m3fn), row_scale, alpha)
+    elif values == 2:
+        gemm = GemmValues(out_values, None, alpha)
+    return gemm, q, (mask if write_mask else None)
+
+
+def _record_fold(scales_numel: int, unfoldable: torch.Tensor) -> None:
+    """Count folded groups and unfoldable ones in the Hopper GEMM's FOLD_STATS (no host sync)."""
+    from fp4compile.lowering.hopper_gemm import _record
+
+    _record(scales_numel, unfoldable.reshape(()).long())

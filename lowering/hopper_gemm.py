@@ -8,7 +8,9 @@ and the same operand values (../shared/docs/hopper.md gives the method and the m
 
 * **MXFP4 x MXFP4** (E2M1 codes, one E8M0 power-of-two scale per group): folded exactly into FP8 e4m3
   values with one FP32 scale per row. With ``E_r`` the largest group exponent of a row (over groups that
-  hold a nonzero code)::
+  hold a nonzero code and a scale above E8M0's smallest, 2^-127: the quantize kernel, which finds E_r before
+  rounding, sees exactly these groups; values under 6 * 2^-127 cannot set a row's scale, and are counted
+  below when they do not fold)::
 
       a8[r, k]     = q[r, k] * 2^(e_g - E_r + 6)      (float8_e4m3fn; the largest, 6 * 2^6 = 384 < 448)
       row_scale[r] = 2^(E_r - 6)                     (float32)
@@ -53,9 +55,9 @@ import torch
 
 from fp4compile import formats
 from fp4compile.kernels import HAS_TRITON
-from fp4compile.quantized import QuantizedTensor, ScaleFormat
+from fp4compile.quantized import GemmValues, QuantizedTensor, ScaleFormat
 
-Operand = QuantizedTensor | torch.Tensor
+Operand = QuantizedTensor | GemmValues | torch.Tensor
 
 MX_GROUP = 32
 NV_GROUP = 16
@@ -157,7 +159,8 @@ def _fold(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> tuple[t
     packed = codes.reshape(m, -1, group_size // 2)  # [M, G, gs/2]
     byte = scales.to(torch.int32)  # [M, G]
     nan_g = byte == formats.E8M0_NAN_BYTE  # [M, G]
-    live = ((packed & 0x77) != 0).any(-1) & ~nan_g  # [M, G]: groups that hold a nonzero value
+    nonzero = ((packed & 0x77) != 0).any(-1) & ~nan_g  # [M, G]: groups that hold a nonzero value
+    live = nonzero & (byte != 0)  # [M, G]: and a scale above 2^-127: the groups that set E_r
     e_g = byte - formats.E8M0_BIAS  # [M, G]; byte 0 is 2^-127
     masked = torch.where(live, e_g, _NO_GROUP)
     e_r = torch.cat([masked, torch.full_like(masked[:, :1], _NO_GROUP)], -1).amax(-1, keepdim=True)  # [M, 1]
@@ -167,7 +170,7 @@ def _fold(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> tuple[t
     index = (row * 256)[..., None] + packed.to(torch.int32)  # [M, G, gs/2]
     a8 = _fp8_table(codes.device)[index].view(torch.uint8).reshape(m, -1).view(torch.float8_e4m3fn)  # [M, K]
     row_scale = _pow2(e_r - FP8_HEADROOM)  # [M, 1] f32
-    unfoldable = (live & (e_g < e_r - FOLD_WINDOW)).sum()  # 0-dim int64
+    unfoldable = (nonzero & (e_g < e_r - FOLD_WINDOW)).sum()  # 0-dim int64
     _record(scales.numel(), unfoldable)
     return a8, row_scale, unfoldable
 
@@ -199,18 +202,22 @@ def nvfp4_to_bf16(codes: torch.Tensor, scales: torch.Tensor, group_size: int = N
 
 
 def _is_bf16_exact(op: Operand) -> bool:
+    if isinstance(op, GemmValues):
+        return op.row_scale is None
     return isinstance(op, QuantizedTensor) or op.dtype in _BF16_EXACT
 
 
 def _bf16_values(op: Operand) -> torch.Tensor:
     """Values a GEMM multiplies, exactly, in bf16 ``[..., K]`` (only for operands where that is exact)."""
+    if isinstance(op, GemmValues):
+        return op.values  # the kernel's exact BF16 form
     if not isinstance(op, QuantizedTensor):
         return op.to(torch.bfloat16)
     if op.scale_format is ScaleFormat.E4M3:
         if _use_kernels(op.codes):
-            from fp4compile.kernels.fold import nvfp4_to_bf16 as to_bf16_kernel
+            from fp4compile.kernels.fold import block_values_bf16 as to_bf16_kernel
 
-            return to_bf16_kernel(op.codes, op.scales, op.group_size)
+            return to_bf16_kernel(op.codes, op.scales, op.group_size, e8m0=False)
         return nvfp4_to_bf16(op.codes, op.scales, op.group_size)
     return op.block_values().to(torch.bfloat16)  # e2m1 * 2^e: 2 significant bits, FP32's exponent range
 
@@ -221,13 +228,13 @@ def block_values_bf16(q: QuantizedTensor) -> torch.Tensor:
 
 
 def _f32_values(op: Operand) -> torch.Tensor:
-    return op.block_values() if isinstance(op, QuantizedTensor) else op.float()
+    return op.block_values() if isinstance(op, (QuantizedTensor, GemmValues)) else op.float()
 
 
 def _alpha(a: Operand, b: Operand) -> torch.Tensor | float:
     """``alpha_a * alpha_b`` as the reference forms it (a float32 device scalar, or 1.0)."""
-    a_alpha = a.alpha if isinstance(a, QuantizedTensor) else 1.0
-    b_alpha = b.alpha if isinstance(b, QuantizedTensor) else 1.0
+    a_alpha = a.alpha if isinstance(a, (QuantizedTensor, GemmValues)) else 1.0
+    b_alpha = b.alpha if isinstance(b, (QuantizedTensor, GemmValues)) else 1.0
     return a_alpha * b_alpha
 
 
@@ -261,6 +268,8 @@ def fp8_gemm_available(device: torch.device) -> bool:
 
 
 def _takes_fp8_path(a: Operand, b: Operand) -> bool:
+    if isinstance(a, GemmValues) or isinstance(b, GemmValues):  # already in the form its kernel chose
+        return all(isinstance(op, GemmValues) and op.row_scale is not None for op in (a, b))
     ops = (a, b)
     if not all(isinstance(op, QuantizedTensor) and op.scale_format is ScaleFormat.E8M0 for op in ops):
         return False
@@ -295,9 +304,12 @@ def _fold_any(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> tup
 
 def _gemm_fp8(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype) -> torch.Tensor:
     """MXFP4 x MXFP4 as one row-wise scaled FP8 GEMM; ``a [..., K]``, ``b [N, K]`` -> ``[..., N]``."""
-    gs = a.group_size
-    a8, sa = _fold_any(a.codes.reshape(-1, a.codes.shape[-1]), a.scales.reshape(-1, a.scales.shape[-1]), gs)  # [M, K], [M, 1]
-    b8, sb = _fold_any(b.codes, b.scales, gs)  # [N, K], [N, 1]
+    if isinstance(a, GemmValues):  # folded by the quantize kernel
+        a8, sa, b8, sb = a.values, a.row_scale, b.values, b.row_scale
+    else:
+        gs = a.group_size
+        a8, sa = _fold_any(a.codes.reshape(-1, a.codes.shape[-1]), a.scales.reshape(-1, a.scales.shape[-1]), gs)  # [M, K], [M, 1]
+        b8, sb = _fold_any(b.codes, b.scales, gs)  # [N, K], [N, 1]
     n = b8.shape[0]
     b8 = _pad_rows(b8, 16, 0.0)  # [N16, K]: _scaled_mm needs N % 16 == 0
     sb = _pad_rows(sb, 16, 1.0)  # [N16, 1]
@@ -314,8 +326,8 @@ def _mm_f32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.float() @ b.float().t()  # same products and f32 accumulation (no bf16 -> f32 mm on the CPU)
 
 
-def _gemm_exact(a: Operand, b: Operand, out_dtype: torch.dtype) -> torch.Tensor:
-    """Exact products, f32 accumulation, alpha after: bf16 operands when exact, else float32."""
+def _accumulate_exact(a: Operand, b: Operand) -> torch.Tensor:
+    """Exact products, f32 accumulation, no alpha: ``[..., N]`` f32 from bf16 operands when exact, else float32."""
     k = _inner_dim(a)
     if _is_bf16_exact(a) and _is_bf16_exact(b):
         a_val, b_val = _bf16_values(a), _bf16_values(b)  # [..., K], [N, K]
@@ -323,7 +335,26 @@ def _gemm_exact(a: Operand, b: Operand, out_dtype: torch.dtype) -> torch.Tensor:
     else:
         a_val, b_val = _f32_values(a), _f32_values(b)
         out = a_val.reshape(-1, k) @ b_val.t()  # [M, N] f32
-    return (out * _alpha(a, b)).to(out_dtype).reshape(*a_val.shape[:-1], b_val.shape[0])
+    return out.reshape(*a_val.shape[:-1], b_val.shape[0])
+
+
+def _check_operands(a: Operand, b: Operand) -> None:
+    if _inner_dim(a) != _inner_dim(b):
+        raise ValueError(f"gemm_nt: inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)}^T")
+    if len(b.shape) != 2:
+        raise ValueError(f"gemm_nt: the second operand must be 2-D [N, K], got shape {tuple(b.shape)}")
+
+
+def gemm_accumulate(a: Operand, b: Operand, fp8_out_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor | float | None]:
+    """``a @ b^T`` and the alpha still to multiply, for callers that fuse alpha into their epilogue.
+
+    The FP8 path applies alpha inside the GEMM (in the row scales) and returns ``(out in fp8_out_dtype, None)``;
+    the exact path returns ``(float32 accumulator, alpha_a * alpha_b)``.
+    """
+    _check_operands(a, b)
+    if _takes_fp8_path(a, b):
+        return _gemm_fp8(a, b, fp8_out_dtype), None
+    return _accumulate_exact(a, b), _alpha(a, b)
 
 
 def gemm_nt(a: Operand, b: Operand, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -332,10 +363,7 @@ def gemm_nt(a: Operand, b: Operand, out_dtype: torch.dtype = torch.float32) -> t
     MXFP4 x MXFP4 (any E8M0 pair of one group size) runs as a row-wise scaled FP8 GEMM (accumulation
     error up to a few 1e-4 relative on Hopper, not bit-exact); every other pair as an exact-product GEMM.
     """
-    if _inner_dim(a) != _inner_dim(b):
-        raise ValueError(f"gemm_nt: inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)}^T")
-    if len(b.shape) != 2:
-        raise ValueError(f"gemm_nt: the second operand must be 2-D [N, K], got shape {tuple(b.shape)}")
+    _check_operands(a, b)
     if _takes_fp8_path(a, b):
         return _gemm_fp8(a, b, out_dtype)
-    return _gemm_exact(a, b, out_dtype)
+    return (_accumulate_exact(a, b) * _alpha(a, b)).to(out_dtype)

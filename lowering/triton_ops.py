@@ -1,18 +1,20 @@
 """The ``triton`` lowering of the fp4compile ops: fused rotate-quantize kernels + Hopper GEMMs.
 
-Same contract and same arithmetic as the reference executor (``fp4compile.reference.linear``), op by op:
+Same contract and same arithmetic as the reference executor (``fp4compile.reference.linear``), op by op,
+with every operand written in the form the layout plan chose for its GEMM (lowering/layout_plan.py):
 
-    quantize      X or W [R, K] along K: one kernel pass (rotation, scales, rounding, mask, packing)
-    output_gemm   MXFP4 x MXFP4: folded FP8 values + row scales -> row-wise scaled FP8 GEMM (cuBLAS);
-                  NVFP4: exact BF16 values -> BF16 GEMM; then alpha (tensor scales, 16/9)
-    grad_input    E [T, N] along N (kernel), W^T re-quantized from the packed forward W (kernel reads the
-                  packed tensor transposed) or from the high-precision W, GEMM, mask, inverse rotation
-    grad_weight   E^T along T and X^T along T, both read transposed by the kernel; GEMM; mask; rotation
+    quantize      X or W [R, K] along K: one kernel launch writes the packed form (saved for the backward)
+                  and the GEMM-ready values (MXFP4: folded FP8 + row scales; NVFP4: exact BF16)
+    output_gemm   row-wise scaled FP8 GEMM (cuBLAS) or BF16 GEMM with FP32 accumulation, then alpha + cast
+    grad_input    E [T, N] along N and W^T along N (from the packed forward W read transposed, or from W),
+                  each straight into its GEMM form; GEMM; one epilogue pass: alpha, mask, inverse rotation, cast
+    grad_weight   E^T along T and X^T along T, both read transposed by the kernel; GEMM; the same epilogue
 
-Differences from the reference, by design: stochastic rounding draws counter-based uniforms in the kernel
-(statistically equivalent, not the reference's bits), and the FP8 GEMM accumulates at the tensor cores'
-precision (about 1e-4 relative, hopper.md). A quantizer without a kernel rule (a plug-in, or
-``nvfp4_rtn_16x16``) runs through the reference for that operand.
+No host synchronization: rotation matrices are built on the CPU and travel through pinned memory, and
+constants are cached on the device. Differences from the reference, by design: stochastic rounding draws
+counter-based uniforms in the kernel (statistically equivalent, not the reference's bits), and the FP8 GEMM
+accumulates at the tensor cores' precision (about 1e-4 relative, hopper.md). A quantizer without a kernel
+rule (a plug-in) runs through the reference for that operand.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import torch
 
 from fp4compile import formats
 from fp4compile.config import Recipe, Source
-from fp4compile.kernels.epilogue import mask_rotate_cast
+from fp4compile.kernels.epilogue import mask_rotate_cast, supports_width
 from fp4compile.kernels.quantize import quantize as kernel_quantize
-from fp4compile.kernels.quantize import supports
-from fp4compile.lowering.hopper_gemm import block_values_bf16, gemm_nt
+from fp4compile.kernels.quantize import quantize_for_gemm, supports
+from fp4compile.lowering.hopper_gemm import block_values_bf16, gemm_accumulate
+from fp4compile.lowering.layout_plan import Form, OperandPlan, operand, plan_linear
 from fp4compile.quantized import QuantizedTensor
 from fp4compile.quantizers import get_quantizer
 from fp4compile.reference import linear as ref
@@ -33,86 +36,121 @@ from fp4compile.rotations import Rotation
 from fp4compile.seeds import derive_seed
 
 
-def _matrix(rotation: Rotation, seed: int, device) -> torch.Tensor | None:
-    return None if rotation.is_identity else rotation.matrix(seed, "cpu").to(device)
+def _matrix(rotation: Rotation, seed: int) -> torch.Tensor | None:
+    """The rotation's matrix, built on the CPU: the kernels move it without a host sync (device_rotation)."""
+    return None if rotation.is_identity else rotation.matrix(seed, "cpu")
 
 
-def _quantize(src, quantizer: str | None, rotation: Rotation, rot_seed: int, seed: int, *, transpose: bool = False, pad_to: int = 1) -> tuple[Operand, torch.Tensor | None]:
-    """Quantize ``src`` (dense, or packed read transposed) along its (transposed) last axis.
+def _operand(src, plan: OperandPlan, rotation: Rotation, rot_seed: int, seed: int, *, transpose: bool = False) -> Operand:
+    """Quantize ``src`` (dense, or packed read transposed) along its (transposed) last axis, into ``plan.form``.
 
-    Falls back to the reference composition for quantizers without a kernel rule and for operands
-    left in high precision (``quantizer is None``).
+    Falls back to the reference composition for quantizers without a kernel rule and for operands left in
+    high precision (``plan.quantizer is None``).
     """
-    q = None if quantizer is None else get_quantizer(quantizer)
+    q = None if plan.quantizer is None else get_quantizer(plan.quantizer)
     if q is not None and supports(q):
-        device = src.codes.device if isinstance(src, QuantizedTensor) else src.device
-        return kernel_quantize(src, q, _matrix(rotation, rot_seed, device), seed, transpose=transpose, pad_to=pad_to)
+        m = _matrix(rotation, rot_seed)
+        if plan.form in (Form.FP8, Form.BF16):
+            values, _, _ = quantize_for_gemm(src, q, m, seed, form=plan.form.value, transpose=transpose, pad_to=plan.pad_to)
+            return values
+        out, _ = kernel_quantize(src, q, m, seed, transpose=transpose, pad_to=plan.pad_to)
+        return out
     dense = src.dequantize().t() if isinstance(src, QuantizedTensor) else (src.t() if transpose else src)
-    pad = (-dense.shape[-1]) % pad_to
+    pad = (-dense.shape[-1]) % plan.pad_to
     dense = torch.nn.functional.pad(dense.float(), (0, pad)) if pad else dense.float()
     rotated = rotation.apply(dense, rot_seed)
-    if q is None:
-        return rotated, None
-    out = q.quantize(rotated, seed)
-    return out, (formats.pack_bits(out.mask) if out.mask is not None else None)
+    return rotated if q is None else q.quantize(rotated, seed)
 
 
-def quantize(t: torch.Tensor, recipe: Recipe, operand: str, seed: int):
+def _plans(recipe: Recipe, device: torch.device) -> tuple[OperandPlan, ...]:
+    return plan_linear(recipe, "triton", device)
+
+
+def quantize(t: torch.Tensor, recipe: Recipe, operand_name: str, seed: int, form: str):
     spec = recipe.output
-    name = spec.a if operand == "input" else spec.b
-    q, mask = _quantize(t, name, spec.rotation, ref.rotation_seed(seed, "output"), derive_seed(seed, "output", operand))
-    if mask is None:
-        mask = torch.empty(0, dtype=torch.uint8, device=t.device)
-    return q.codes, q.scales, q.tensor_scale.reshape(()).float(), mask
+    name = spec.a if operand_name == "input" else spec.b
+    q = get_quantizer(name)
+    rot_seed, q_seed = ref.rotation_seed(seed, "output"), derive_seed(seed, "output", operand_name)
+    def empty() -> torch.Tensor:  # a fresh one each time: op outputs may not alias each other
+        return torch.empty(0, dtype=torch.uint8, device=t.device)
+
+    if not supports(q):  # a plug-in quantizer: the reference, packed form only
+        out = q.quantize(spec.rotation.apply(t, rot_seed), q_seed)
+        mask = formats.pack_bits(out.mask) if out.mask is not None else empty()
+        return out.codes, out.scales, out.tensor_scale.reshape(()).float(), mask, empty(), empty()
+    m = _matrix(spec.rotation, rot_seed)
+    if form == "packed":
+        out, mask = kernel_quantize(t, q, m, q_seed)
+        return out.codes, out.scales, out.tensor_scale.reshape(()).float(), (mask if mask is not None else empty()), empty(), empty()
+    values, out, mask = quantize_for_gemm(t, q, m, q_seed, form=form, keep_packed=True)
+    row_scale = values.row_scale if values.row_scale is not None else empty()
+    return out.codes, out.scales, out.tensor_scale.reshape(()).float(), (mask if mask is not None else empty()), values.values, row_scale
 
 
-def output_gemm(xq: QuantizedTensor, wq: QuantizedTensor, out_dtype: torch.dtype) -> torch.Tensor:
+def output_gemm(xq: Operand, wq: Operand, out_dtype: torch.dtype) -> torch.Tensor:
     # === GEMM 1: y = Xq @ Wq^T   [T,K] @ [K,N] -> [T,N]
-    return gemm_nt(xq, wq, out_dtype)
+    acc, alpha = gemm_accumulate(xq, wq, fp8_out_dtype=out_dtype)
+    return _epilogue(acc, alpha, None, None, out_dtype)
 
 
-def _finish(g: torch.Tensor, mask_bits: torch.Tensor | None, k: int, recipe: Recipe, seed: int, out_dtype: torch.dtype) -> torch.Tensor:
-    """Trust mask, inverse forward rotation and cast, fused in one kernel pass (kernels/epilogue.py)."""
-    g = g[..., :k]
+def _epilogue(acc: torch.Tensor, alpha, mask: torch.Tensor | None, inverse: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """``((acc * alpha * mask) @ blockdiag(M^T)).to(out_dtype)`` in one kernel pass when the width allows."""
+    if mask is None and inverse is None and alpha is None:
+        return acc.to(out_dtype)
+    alpha_t = None if alpha is None else torch.as_tensor(alpha, dtype=torch.float32, device=acc.device)
+    if supports_width(acc.shape[-1], inverse):
+        return mask_rotate_cast(acc, mask, inverse, out_dtype, alpha=alpha_t)
+    g = acc if alpha_t is None else acc * alpha_t  # widths the kernel does not take: torch ops, same order
+    if mask is not None:
+        g = g * formats.unpack_bits(mask)[..., : g.shape[-1]]
+    if inverse is not None:
+        g = (g.unflatten(-1, (-1, inverse.shape[0])) @ inverse.to(g.device)).flatten(-2)
+    return g.to(out_dtype)
+
+
+def _finish(acc: torch.Tensor, alpha, mask_bits: torch.Tensor | None, k: int, recipe: Recipe, seed: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """Alpha, trust mask, inverse forward rotation and cast of a backward GEMM's result, in one pass."""
+    acc = acc[..., :k]
     mask = mask_bits if mask_bits is not None and recipe.mask_gradients else None
     rotation = recipe.output.rotation
-    if mask is None and rotation.is_identity:
-        return g.to(out_dtype)
-    inverse = None if rotation.is_identity else rotation.matrix(ref.rotation_seed(seed, "output"), "cpu").t().to(g.device)
-    return mask_rotate_cast(g, mask, inverse, out_dtype)
+    inverse = None if rotation.is_identity else rotation.matrix(ref.rotation_seed(seed, "output"), "cpu").t()
+    return _epilogue(acc, alpha, mask, inverse, out_dtype)
 
 
 def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: Recipe, seed: int, out_dtype) -> torch.Tensor:
     spec = recipe.grad_input
-    multiple = spec.inner_multiple()
+    plans = _plans(recipe, grad.device)
+    pe, pw = operand(plans, "grad_input", "grad_output"), operand(plans, "grad_input", "weight")
     rseed = ref.rotation_seed(seed, "backward")
     # === GEMM 2: grad_input = Q(E R) @ Q(W^T R)^T   [T,N] @ [N,K] -> [T,K]
-    e_q, _ = _quantize(grad, spec.a, spec.rotation, rseed, derive_seed(seed, "grad_input", "grad_output"), pad_to=multiple)
+    e_q = _operand(grad, pe, spec.rotation, rseed, derive_seed(seed, "grad_input", "grad_output"))
     if recipe.weight_for_backward is Source.QUANTIZED and wq is not None and spec.b is None and spec.rotation.is_identity:
         # the forward Wq reused as is (NVIDIA's recipe): its exact BF16 block values, transposed, and its alpha
         w_t = block_values_bf16(wq).t()  # [K, N]
-        pad = (-w_t.shape[1]) % multiple
+        pad = (-w_t.shape[1]) % pw.pad_to
         w_t = torch.nn.functional.pad(w_t, (0, pad)) if pad else w_t
-        return _finish(gemm_nt(e_q, w_t, torch.float32) * wq.alpha, x_mask, k, recipe, seed, out_dtype)
+        acc, alpha = gemm_accumulate(e_q, w_t)
+        return _finish(acc, wq.alpha if alpha is None else alpha * wq.alpha, x_mask, k, recipe, seed, out_dtype)
+    w_seed = derive_seed(seed, "grad_input", "weight")
     if recipe.weight_for_backward is Source.QUANTIZED and wq is not None:
-        w_src = wq  # packed [N, K], read transposed as W^T [K, N]
-        w_q, _ = _quantize(w_src, spec.b, spec.rotation, rseed, derive_seed(seed, "grad_input", "weight"), pad_to=multiple)
+        w_q = _operand(wq, pw, spec.rotation, rseed, w_seed)  # packed [N, K], read transposed as W^T [K, N]
     else:
-        w_q, _ = _quantize(w_hp, spec.b, spec.rotation, rseed, derive_seed(seed, "grad_input", "weight"), transpose=True, pad_to=multiple)
-    return _finish(gemm_nt(e_q, w_q, torch.float32), x_mask, k, recipe, seed, out_dtype)
-
-
-
+        w_q = _operand(w_hp, pw, spec.rotation, rseed, w_seed, transpose=True)
+    acc, alpha = gemm_accumulate(e_q, w_q)
+    return _finish(acc, alpha, x_mask, k, recipe, seed, out_dtype)
 
 
 def grad_weight(grad, xq: QuantizedTensor | None, x_hp, w_mask, k: int, recipe: Recipe, seed: int, out_dtype) -> torch.Tensor:
     spec = recipe.grad_weight
-    multiple = spec.inner_multiple()
+    plans = _plans(recipe, grad.device)
+    pe, px = operand(plans, "grad_weight", "grad_output"), operand(plans, "grad_weight", "input")
     rseed = ref.rotation_seed(seed, "backward")
     # === GEMM 3: grad_weight = Q(E^T R) @ Q(X^T R)^T   [N,T] @ [T,K] -> [N,K]
-    e_q, _ = _quantize(grad, spec.a, spec.rotation, rseed, derive_seed(seed, "grad_weight", "grad_output"), transpose=True, pad_to=multiple)
+    e_q = _operand(grad, pe, spec.rotation, rseed, derive_seed(seed, "grad_weight", "grad_output"), transpose=True)
+    x_seed = derive_seed(seed, "grad_weight", "input")
     if recipe.input_for_backward is Source.QUANTIZED and xq is not None:
-        x_q, _ = _quantize(xq, spec.b, spec.rotation, rseed, derive_seed(seed, "grad_weight", "input"), pad_to=multiple)
+        x_q = _operand(xq, px, spec.rotation, rseed, x_seed)
     else:
-        x_q, _ = _quantize(x_hp, spec.b, spec.rotation, rseed, derive_seed(seed, "grad_weight", "input"), transpose=True, pad_to=multiple)
-    return _finish(gemm_nt(e_q, x_q, torch.float32), w_mask, k, recipe, seed, out_dtype)
+        x_q = _operand(x_hp, px, spec.rotation, rseed, x_seed, transpose=True)
+    acc, alpha = gemm_accumulate(e_q, x_q)
+    return _finish(acc, alpha, w_mask, k, recipe, seed, out_dtype)

@@ -1,6 +1,6 @@
 """Graph passes over the joint forward+backward graph (installed as ``fp4compile.passes``).
 
-The pipeline (``pipeline.py``) runs, in order: find_matmuls, assign_roles, apply_policy,
+The pipeline (``pipeline.py``) runs, in order: find_matmuls, assign_roles, apply_policy, plan_layouts,
 rewrite_linears, verify_graph; ``register_pass`` adds a user's pass.
 """
 

@@ -20,6 +20,7 @@ from fp4compile.passes.apply_policy import apply_policy
 from fp4compile.passes.assign_roles import assign_roles
 from fp4compile.passes.context import PassContext
 from fp4compile.passes.find_matmuls import find_matmuls
+from fp4compile.passes.plan_layouts import plan_layouts
 from fp4compile.passes.rewrite_linears import rewrite_linears
 from fp4compile.passes.verify import check_invariants, verify_graph
 
@@ -30,6 +31,7 @@ _PIPELINE: list[tuple[str, Pass]] = [
     ("find_matmuls", find_matmuls),
     ("assign_roles", assign_roles),
     ("apply_policy", apply_policy),
+    ("plan_layouts", plan_layouts),
     ("rewrite_linears", rewrite_linears),
     ("verify_graph", verify_graph),
 ]

@@ -1,11 +1,12 @@
-"""Pass 4: rewrite each quantized linear's GEMMs into fp4compile ops.
+"""Pass 5: rewrite each quantized linear's GEMMs into fp4compile ops.
 
 Per linear layer (x2d ``[T,K]``, B = permute(W) ``[K,N]``, E ``[T,N]``):
 
     w        = permute(B)                                       [N, K]
     seed     = fp4compile.step_seed(w, base_seed, key, state)   (training graphs; fresh per call)
-    xq...    = fp4compile.quantize(x2d, recipe, "input", ...)   codes [T,K/2], scales, tensor scale, mask
-    wq...    = fp4compile.quantize(w,   recipe, "weight", ...)
+    xq...    = fp4compile.quantize(x2d, recipe, "input", ..., form)  codes [T,K/2], scales, tensor scale, mask,
+                                                                 and the GEMM-ready values when the plan says so
+    wq...    = fp4compile.quantize(w,   recipe, "weight", ..., form)
     y        = fp4compile.output_gemm(xq..., wq...) (+ bias)    [T, N]    replaces the forward addmm/mm
     dX       = fp4compile.grad_input(E, wq..., x_mask, ...)     [T, K]    replaces the grad_input mm
     dW       = fp4compile.grad_weight(E, xq..., w_mask, ...)    [N, K]    replaces the grad_weight mm
@@ -96,9 +97,12 @@ def _rewrite_linear(gm: fx.GraphModule, ctx: PassContext, b: _Builder, fwd: Matm
         # W always gets the step's seed, which also places the draw in the forward (then saved).
         fallback = step_seed(opts.seed, fwd.key, -1)
         x_seed = seed if random_forward else None
-        xq = b.getitems(b.call(fp4.quantize.default, fwd.a, recipe.name, "input", x_seed, fallback if random_forward else 0, kernel, like=node), 4)
-        wq = b.getitems(b.call(fp4.quantize.default, w, recipe.name, "weight", seed, fallback, kernel, like=node), 4)
-        y = b.call(fp4.output_gemm.default, xq[0], xq[1], xq[2], wq[0], wq[1], wq[2], recipe.name, out_dtype, kernel, like=node)
+        forms = {p.operand: p.form.value for p in fwd.layout}  # the layout plan (plan_layouts)
+        x_form, w_form = forms.get("input", "packed"), forms.get("weight", "packed")
+        xq = b.getitems(b.call(fp4.quantize.default, fwd.a, recipe.name, "input", x_seed, fallback if random_forward else 0, kernel, x_form, like=node), 6)
+        wq = b.getitems(b.call(fp4.quantize.default, w, recipe.name, "weight", seed, fallback, kernel, w_form, like=node), 6)
+        values = (xq[4], xq[5], wq[4], wq[5]) if x_form == w_form != "packed" else ()
+        y = b.call(fp4.output_gemm.default, xq[0], xq[1], xq[2], wq[0], wq[1], wq[2], recipe.name, out_dtype, kernel, *values, like=node)
         if fwd.bias is not None:
             y = b.call(aten.add.Tensor, y, fwd.bias, like=node)
     node.replace_all_uses_with(y)

@@ -44,6 +44,7 @@ class MatmulSite:
     bytes_saved_input: int | None = None  # what the backward reads of x (FP4 codes, scales, mask; or x)
     bytes_bf16_input: int | None = None  # x in BF16
     notes: list[str] = field(default_factory=list)
+    layout: tuple = ()  # OperandPlan of each operand of this GEMM (lowering/layout_plan.py), set by plan_layouts
     # set by the passes for the rewrite: the forward operands, and the rewritten nodes
     a: fx.Node | None = None
     b: fx.Node | None = None

@@ -1,4 +1,4 @@
-"""Pass 5: check the invariants the rest of the compiler relies on (always cheap, run every time).
+"""Pass 6: check the invariants the rest of the compiler relies on (always cheap, run every time).
 
 * the graph lints (well-formed, topologically ordered);
 * every node the pipeline inserted has ``meta["val"]``;

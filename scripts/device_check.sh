@@ -3,6 +3,7 @@
 #   bash scripts/device_check.sh tests   # install, whole test suite (CPU tests on that torch + GPU tests), kernel bandwidth
 #   bash scripts/device_check.sh bench   # one linear layer fwd+bwd at the Llama-7B shapes vs BF16 and torchao float8
 #   bash scripts/device_check.sh all     # kernel + GPU tests, kernel bandwidth with a tile sweep, the linear table
+#   bash scripts/device_check.sh perf    # where a linear layer's step goes (profile per recipe), kernel bandwidth, the linear table
 # torchao travels as a wheel in .whl/ (carry it). Logs land in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/fp4compile_device}
@@ -22,6 +23,13 @@ case "${1:-tests}" in
     ;;
   bench)
     timeout 560 python3 examples/bench_linear.py "${@:2}" 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
+    ;;
+  perf)  # profiles (GPU busy vs wall, kernels, host syncs), kernel bandwidth, the linear-layer table
+    for r in bf16-inductor quartet quartet2 nvidia; do
+      timeout 90 python3 examples/profile_linear.py --recipe "$r" --top 12 --host ${HOST:-0} 2>&1 | grep -v -i warn | tee -a "$OUT/profile.log"
+    done
+    timeout 120 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
+    timeout 300 python3 examples/bench_linear.py 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
     ;;
   all)  # kernel tests, kernel bandwidth (with the tile sweep), then the linear-layer table
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8

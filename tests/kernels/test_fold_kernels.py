@@ -39,14 +39,26 @@ def test_fold_kernel_matches_torch_twin(name):
 
 @pytest.mark.parametrize("name", ["nvfp4_rtn", "nvfp4_4over6", "nvfp4_ms_eden"])
 def test_nvfp4_bf16_kernel_matches_torch_twin(name):
-    from fp4compile.kernels.fold import nvfp4_to_bf16
+    from fp4compile.kernels.fold import block_values_bf16
 
     q = f4.get_quantizer(name).quantize(_data(), 1)
-    got = nvfp4_to_bf16(q.codes.to(DEV), q.scales.to(DEV)).cpu()
+    got = block_values_bf16(q.codes.to(DEV), q.scales.to(DEV), 16, e8m0=False).cpu()
     ref = hg.nvfp4_to_bf16(q.codes, q.scales)
     assert torch.equal(got.isnan(), ref.isnan()) and got.isnan().any()  # NaN payloads may differ
     finite = ~ref.isnan()
     assert torch.equal(got[finite].view(torch.int16), ref[finite].view(torch.int16))
+
+
+@pytest.mark.parametrize("name", ["mxfp4_quest", "mxfp4_tseng_rtn"])
+def test_mxfp4_bf16_kernel_matches_block_values(name):
+    from fp4compile.kernels.fold import block_values_bf16
+
+    q = f4.get_quantizer(name).quantize(_data(), 1)
+    got = block_values_bf16(q.codes.to(DEV), q.scales.to(DEV), 32, e8m0=True).cpu()
+    ref = q.block_values()  # float32, exact; exact in bf16 too
+    assert torch.equal(got.isnan(), ref.isnan()) and got.isnan().any()
+    finite = ~ref.isnan()
+    assert torch.equal(got[finite].float(), ref[finite]) and torch.equal(got[finite].view(torch.int16), ref[finite].bfloat16().view(torch.int16))
 
 
 @pytest.mark.parametrize("with_mask,rotation", [(True, "hadamard-32"), (False, "hadamard-32"), (True, None)])
@@ -64,3 +76,68 @@ def test_epilogue_kernel_matches_torch(with_mask, rotation):
     got = mask_rotate_cast(g.to(DEV), formats.pack_bits(mask).to(DEV) if with_mask else None,
                            None if rot is None else rot.matrix(None).t(), torch.bfloat16).cpu()
     assert (got.float() - expected.float()).abs().max() <= 2**-7 * expected.float().abs().max()
+
+
+# ------------------------------------------------------------------------------------------------
+# The quantize kernel writing the GEMM-ready form directly (kernels/rotate_quantize.quantize_for_gemm)
+# ------------------------------------------------------------------------------------------------
+
+FUSED = [  # (quantizer, rotation, source): forward X, backward E / E^T / Xq^T of the recipes
+    ("mxfp4_quest", "hadamard-32", "dense"),
+    ("mxfp4_tseng_rtn", "random_hadamard-32", "transposed"),
+    ("mxfp4_tseng_rtn", "random_hadamard-32", "packed:mxfp4_quest"),
+    ("mxfp4_rtn", None, "dense"),
+    ("nvfp4_4over6", None, "dense"),
+    ("nvfp4_rtn", None, "transposed"),
+    ("nvfp4_rtn_16x16", None, "dense"),
+    ("nvfp4_ms_eden", "random_hadamard-128", "packed:nvfp4_4over6"),
+]
+
+
+def _source(kind: str, x: torch.Tensor):
+    if kind == "dense":
+        return x.to(DEV)
+    if kind == "transposed":
+        return x.t().contiguous().to(DEV).t()  # a strided view: the kernel reads it along the other axis
+    q = f4.get_quantizer(kind.split(":")[1]).quantize(x.t().contiguous(), 2)  # [K, R], read transposed
+    return type(q)(q.codes.to(DEV), q.scales.to(DEV), q.scale_format, q.group_size, q.tensor_scale.to(DEV), q.factor)
+
+
+@pytest.mark.parametrize("name,rotation,source", FUSED)
+def test_quantize_for_gemm_equals_twin_of_its_packed_output(name, rotation, source):
+    """One launch writes packed + values; the values equal the torch twin's conversion of the packed output
+    (FP8 bytes, row scales and unfoldable count; BF16 bits), which itself equals the reference quantizer."""
+    from fp4compile.kernels.quantize import quantize_for_gemm
+    from fp4compile.rotations import parse_rotation
+
+    x = torch.randn(64, 256) * torch.logspace(-6, 6, 256)[None, :]  # some groups fall out of the FP8 window
+    x[7] = 0.0
+    m = None if rotation is None else parse_rotation(rotation).matrix(11)
+    q = f4.get_quantizer(name)
+    form = "fp8" if q.scale_format.value == "e8m0" else "bf16"
+    hg.reset_fold_stats()
+    values, packed, _ = quantize_for_gemm(_source(source, x), q, m, 9, form=form, keep_packed=True)
+    codes, scales = packed.codes.cpu(), packed.scales.cpu()
+    assert torch.equal(values.alpha.cpu(), (packed.tensor_scale * packed.factor).cpu())
+    if form == "fp8":
+        r8, row_scale, n = hg.fold_mxfp4_fp8(codes, scales)
+        assert torch.equal(values.values.view(torch.uint8).cpu(), r8.view(torch.uint8))
+        assert torch.equal(values.row_scale.cpu(), row_scale)
+        assert hg.fold_stats()["unfoldable_groups"] == 2 * n  # the kernel's count, then the twin's
+        assert n > 0 or source != "dense"  # dense rows span 12 decades: some groups do not fold
+    else:
+        ref = hg.nvfp4_to_bf16(codes, scales)
+        assert values.row_scale is None
+        assert torch.equal(values.values.cpu().view(torch.int16), ref.view(torch.int16))
+    alone, _, _ = quantize_for_gemm(_source(source, x), q, m, 9, form=form)  # values only: the same bytes
+    assert torch.equal(alone.values.view(torch.uint8 if form == "fp8" else torch.int16).cpu(),
+                       values.values.view(torch.uint8 if form == "fp8" else torch.int16).cpu())
+
+
+def test_quantize_for_gemm_rejects_a_form_of_the_other_format():
+    from fp4compile.kernels.quantize import quantize_for_gemm
+
+    with pytest.raises(ValueError, match="e8m0"):
+        quantize_for_gemm(torch.randn(32, 64, device=DEV), f4.get_quantizer("nvfp4_rtn"), None, 0, form="fp8")
+    with pytest.raises(ValueError, match="form must be"):
+        quantize_for_gemm(torch.randn(32, 64, device=DEV), f4.get_quantizer("nvfp4_rtn"), None, 0, form="fp4")

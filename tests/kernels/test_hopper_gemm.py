@@ -77,15 +77,18 @@ def output_rounding(dtype: torch.dtype) -> float:
 
 
 def oracle_unfoldable(codes: torch.Tensor, scales: torch.Tensor, group: int = 32) -> tuple[int, torch.Tensor]:
-    """Independent loop count of the groups below the 14-binade window, and their mask [M, G]."""
+    """Independent loop count of the groups below the 14-binade window, and their mask [M, G].
+
+    The row's top exponent comes from groups with a nonzero code and a scale byte other than 0 (2^-127) and
+    0xFF (NaN); a row without one has row scale 1 (top = 6 + 127). Every group with a nonzero code is checked.
+    """
     q = formats.unpack_e2m1(codes).unflatten(-1, (-1, group))
     below = torch.zeros(scales.shape, dtype=torch.bool)
     for r in range(scales.shape[0]):
-        live = [g for g in range(scales.shape[1]) if scales[r, g] != 0xFF and bool(((q[r, g] & 7) != 0).any())]
-        if not live:
-            continue
-        top = max(int(scales[r, g]) for g in live)
-        for g in live:
+        nonzero = [g for g in range(scales.shape[1]) if scales[r, g] != 0xFF and bool(((q[r, g] & 7) != 0).any())]
+        live = [g for g in nonzero if scales[r, g] != 0]
+        top = max(int(scales[r, g]) for g in live) if live else 6 + 127
+        for g in nonzero:
             below[r, g] = int(scales[r, g]) < top - 14
     return int(below.sum()), below
 
@@ -163,7 +166,7 @@ def test_fold_crafted_rows():
         [0, -15, -15, 0, -14, -30],  # one below the boundary: counted (3)
         [0, 50, -14, 0, 0, 0],  # the 2^50 group has only zero codes: it must not set the row scale
         [90, 20, -7, 0, 1, 2],  # all codes zero: a8 = 0, row_scale = 1
-        [-127, -127, -127, -127, -127, -127],  # byte 0 (2^-127): row scale 2^-133 (FP32 subnormal)
+        [-127, -127, -127, -127, -127, -127],  # byte 0 (2^-127) sets no row scale (1): all six round to 0, counted
         [0, -3, None, -20, 2, 1],  # NaN scale: that group NaN, not counted; -20 counted
         [127, 127, 100, 127, 127, 127],  # byte 254: 4*2^127 and 6*2^127 overflow to inf in both; 100 counted
         [-120, -127, -126, -113, -114, -110],  # low end, spread 17: -127 and -126 counted
@@ -172,8 +175,8 @@ def test_fold_crafted_rows():
     codes_of = [zero, zero, zero, [-1, 0, -1, -1, -1, -1], [0] * 6, zero, zero, zero, zero]
     codes, scales = crafted(exps, codes_of)
     a8, row_scale, n = check_fold(codes, scales)
-    assert n == 2 + 0 + 3 + 0 + 0 + 0 + 1 + 1 + 2
-    assert torch.equal(row_scale[:, 0], torch.tensor([2.0**-3, 2.0**-6, 2.0**-6, 2.0**-6, 1.0, 2.0**-133, 2.0**-4, 2.0**121, 2.0**-116]))
+    assert n == 2 + 0 + 3 + 0 + 0 + 6 + 1 + 1 + 2
+    assert torch.equal(row_scale[:, 0], torch.tensor([2.0**-3, 2.0**-6, 2.0**-6, 2.0**-6, 1.0, 1.0, 2.0**-4, 2.0**121, 2.0**-116]))
     assert torch.isnan(a8[6, 64:96].float()).all() and not torch.isnan(a8[6, :64].float()).any()
     assert torch.equal(a8[4].float(), torch.zeros(192))
 

@@ -1,0 +1,128 @@
+"""Scale-layout planning: for every quantized operand of a linear layer, the form its quantize kernel writes.
+
+A quantization has up to two consumers: the GEMM that multiplies it now, and the backward that re-reads
+it later (saved). Each wants its own form, and one kernel launch writes both (``keep_packed``):
+
+    packed    E2M1 codes [R, K/2] + scale bytes [R, K/g] (+ trust-mask bits): what is saved for the
+              backward (0.53 bytes/element) and what the reference lowering multiplies
+    fp8       MXFP4 folded exactly into FP8 e4m3 [R, K] + one FP32 scale per row: Hopper's FP8 tensor cores
+    bf16      NVFP4 ``q * s8`` as BF16 [R, K] (exact): Hopper's BF16 tensor cores
+    high      not quantized (a recipe operand left in high precision)
+
+The six operands (``y = X W^T``, ``dX = E W``, ``dW = E^T X``), each along its GEMM's inner dimension:
+
+    output       X [T,K] along K, W [N,K] along K
+    grad_input   E [T,N] along N, W^T along N (from the saved Wq, or from W)
+    grad_weight  E^T along T (E read transposed), X^T along T (from the saved Xq, or from X)
+
+Backward inner dimensions are zero-padded up to the quantizers' groups (exact); the forward's K must fit.
+Not planned here: Blackwell's native FP4 operands with 128x4 blocked scales (lowering/blackwell.py builds
+them; the backend does not select that target yet), and one launch serving W along K and along N.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from fp4compile.config import Recipe, Source
+from fp4compile.quantized import ScaleFormat
+from fp4compile.quantizers import get_quantizer
+
+
+class Form(str, Enum):
+    PACKED = "packed"
+    FP8 = "fp8"
+    BF16 = "bf16"
+    HIGH = "high"
+
+
+@dataclass(frozen=True)
+class OperandPlan:
+    gemm: str  # "output" | "grad_input" | "grad_weight"
+    operand: str  # "input" | "weight" | "grad_output"
+    source: str  # what the kernel reads, e.g. "X", "Wq (saved, read transposed)", "E^T (E read transposed)"
+    axis: str  # the quantization (inner) dimension: "K", "N" or "T"
+    quantizer: str | None
+    form: Form  # what its GEMM multiplies
+    keep_packed: bool  # the same launch also writes the packed form, saved for the backward
+    pad_to: int  # the axis is zero-padded to a multiple of this (1: none)
+
+    def describe(self) -> str:
+        extra = " + packed (saved)" if self.keep_packed and self.form is not Form.PACKED else ""
+        pad = f", pad {self.axis} to x{self.pad_to}" if self.pad_to > 1 else ""
+        return f"{self.gemm}.{self.operand}: {self.source} along {self.axis} -> {self.form.value}{extra}{pad}"
+
+
+def _fp8_capable(device: torch.device) -> bool:
+    from fp4compile.lowering.hopper_gemm import fp8_gemm_available
+
+    return fp8_gemm_available(device)  # CUDA sm_89+, or a CPU torch whose _scaled_mm takes row-wise scales
+
+
+def _kernel_rule(name: str | None) -> bool:
+    if name is None:
+        return False
+    from fp4compile.kernels.quantize import supports
+
+    return supports(get_quantizer(name))
+
+
+def gemm_form(kernel: str, a: str | None, b: str | None, device: torch.device) -> Form:
+    """The form both operands of one GEMM take (``a``/``b`` quantizer names; None = high precision)."""
+    if kernel != "triton" or not (_kernel_rule(a) or _kernel_rule(b)):
+        return Form.PACKED
+    fmts = {get_quantizer(q).scale_format for q in (a, b) if q is not None}
+    groups = {get_quantizer(q).group_size for q in (a, b) if q is not None}
+    both = a is not None and b is not None
+    if fmts == {ScaleFormat.E8M0} and both and len(groups) == 1 and _kernel_rule(a) and _kernel_rule(b) and _fp8_capable(device):
+        return Form.FP8
+    if fmts == {ScaleFormat.E4M3} and all(q is None or _kernel_rule(q) for q in (a, b)):
+        return Form.BF16
+    return Form.PACKED
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(recipe: Recipe, kernel: str, device: torch.device, needs_x: bool, needs_w: bool) -> tuple[OperandPlan, ...]:
+    out, gi, gw = recipe.output, recipe.grad_input, recipe.grad_weight
+    f_out = gemm_form(kernel, out.a, out.b, device) if out.quantized else Form.HIGH
+    k_mult = out.inner_multiple()
+    w_saved = recipe.weight_for_backward is Source.QUANTIZED and out.b is not None
+    x_saved = recipe.input_for_backward is Source.QUANTIZED and out.a is not None
+    plans = [
+        OperandPlan("output", "input", "X", "K", out.a, f_out if out.a else Form.HIGH, x_saved and needs_x, k_mult),
+        OperandPlan("output", "weight", "W", "K", out.b, f_out if out.b else Form.HIGH, w_saved and needs_w, k_mult),
+    ]
+    if gi.quantized or recipe.weight_for_backward is Source.QUANTIZED:
+        f = gemm_form(kernel, gi.a, gi.b, device)
+        m = gi.inner_multiple()
+        if gi.b is None and w_saved:  # the forward's Wq multiplied as it is (NVIDIA's recipe)
+            w_src, w_form = "Wq (saved, reused)", Form.BF16 if f is Form.BF16 else Form.PACKED
+        else:
+            w_src, w_form = ("Wq (saved, read transposed)" if w_saved else "W (read transposed)"), (f if gi.b else Form.HIGH)
+        plans += [
+            OperandPlan("grad_input", "grad_output", "E", "N", gi.a, f if gi.a else Form.HIGH, False, m),
+            OperandPlan("grad_input", "weight", w_src, "N", gi.b, w_form, False, m),
+        ]
+    if gw.quantized:
+        f = gemm_form(kernel, gw.a, gw.b, device)
+        m = gw.inner_multiple()
+        x_src = "Xq (saved, read transposed)" if x_saved else "X (read transposed)"
+        plans += [
+            OperandPlan("grad_weight", "grad_output", "E^T (E read transposed)", "T", gw.a, f if gw.a else Form.HIGH, False, m),
+            OperandPlan("grad_weight", "input", x_src, "T", gw.b, f if gw.b else Form.HIGH, False, m),
+        ]
+    return tuple(plans)
+
+
+def plan_linear(recipe: Recipe, kernel: str, device: torch.device | str, *, needs_x: bool = True, needs_w: bool = True) -> tuple[OperandPlan, ...]:
+    """The operands of one linear layer under ``recipe`` on ``kernel`` (``needs_x``/``needs_w``: whether
+    the backward re-reads the quantized X / W at all, i.e. whether grad_weight / grad_input exist)."""
+    return _plan(recipe, kernel, torch.device(device), needs_x, needs_w)
+
+
+def operand(plans: tuple[OperandPlan, ...], gemm: str, name: str) -> OperandPlan:
+    return next(p for p in plans if p.gemm == gemm and p.operand == name)
