@@ -85,7 +85,7 @@ def main() -> None:
     if args.host:
         _host_profile(step, args.steps, args.host)
     rows = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[: args.top]
-    print(f"| kernel | calls/step | ms/step |\n|---|---|---|")
+    print("| kernel | calls/step | ms/step |\n|---|---|---|")
     for name, times in rows:
         print(f"| {name[:110]} | {len(times) / args.steps:g} | {sum(times) / 1e3 / args.steps:.3f} |")
 

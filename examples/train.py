@@ -13,6 +13,7 @@ clipping at 1.0. Data is byte-level (vocabulary 256): by default the Python stan
     python examples/train.py --size 30m --data ~/corpus/ --out runs/mine  # your own text
     python examples/train.py --size 30m --steps 8000 --resume             # continue runs/<recipe>/checkpoint.pt
     torchrun --nproc_per_node 2 examples/train.py --size 125m --batch 32  # DDP: --batch is the global batch
+    torchrun --nproc_per_node 8 examples/train.py --size 1b --fsdp        # FSDP2, each block compiled on its own
 
 Each run writes to ``--out`` (default ``runs/<recipe>``; with ``--compare``, ``<out>/<recipe>``):
 ``metrics.json`` and ``metrics.csv`` (one row per evaluation: step, train_loss, val_loss, val_bpb,
@@ -21,6 +22,10 @@ RNG and data-order state, metrics; also every ``--save-every`` steps). ``--resum
 to ``--steps``. The backend counts its steps per compiled graph, so a resumed run draws the backward's
 random rotations from a seed derived from (``--seed``, resume step): statistically the same run, not
 bit-identical to an uninterrupted one.
+
+``--fsdp`` shards parameters, gradients and optimizer state with FSDP2 (``fully_shard`` on each block, then
+on the root) and compiles each block on its own, as torchtitan does (see ``compile_blocks``); the checkpoint
+is the full state dict, gathered to rank 0. Without torchrun it runs the same per-block compile unsharded.
 
 Presets (``--size``; every dim, hidden width and head_dim is a multiple of 128, except tiny's head_dim 32,
 so every recipe's quantization groups fit):
@@ -233,12 +238,56 @@ def _mean_over_ranks(value: torch.Tensor) -> float:
     return value.item() / dist.get_world_size()
 
 
+def compile_blocks(model: Llama, options: dict, mesh=None) -> Llama:
+    """FSDP2 as torchtitan applies it: compile each transformer block with the backend, ``fully_shard`` each
+    block over ``mesh``, then the root (with no mesh the blocks are only compiled). Returns ``model``, changed
+    in place. The embedding, final norm, head and loss run eagerly (the head stays high precision
+    under every recipe anyway).
+
+    Rotation seeds: the blocks share one compiled graph, so the backend sees module names relative to the
+    block (``attn.q_proj``, not ``layers.3.attn.q_proj`` as under a whole-model compile) and counts steps per
+    call of that graph: block i at training step t draws the seeds of step ``t * layers + i``. The backward's
+    rotations and rounding are therefore still fresh per layer and per step, and identical on every rank
+    (every rank calls the blocks in the same order), but they are not those of a whole-model compile: an
+    ``--fsdp`` run matches an unsharded ``--fsdp`` run, and a run without it only statistically.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for name, block in model.layers.named_children():
+        block = torch.compile(block, backend="quartet", options=options)  # an OptimizedModule: "_orig_mod" in its names
+        if mesh is not None:
+            fully_shard(block, mesh=mesh)
+        model.layers.register_module(name, block)
+    if mesh is not None:
+        fully_shard(model, mesh=mesh)
+    return model
+
+
+def full_state_dicts(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded model and optimizer state dicts, on the CPU of rank 0 (empty elsewhere); a collective under
+    FSDP. Keys are the plain model's parameter names (without ``_orig_mod``); the optimizer's are names too."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, opt, options=options)
+
+
+def load_full_state_dicts(model: torch.nn.Module, opt: torch.optim.Optimizer, model_sd: dict, opt_sd: dict) -> None:
+    """The inverse of :func:`full_state_dicts`: every rank passes the full dicts and keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_sd, options=options)
+    set_optimizer_state_dict(model, opt, opt_sd, options=options)
+
+
 def train_one(recipe: str, args, data: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """Train (or resume) one run under ``recipe``; returns a summary dict (final val loss/bpb, paths, losses).
 
-    Under torchrun each rank trains on its slice of the same global batch (DDP averages the gradients), so
-    a run on W processes follows the same global batches as a single-process run; the backward's rotation
-    signs and rounding seeds come from module names and steps, hence agree on every rank. Rank 0 writes.
+    Under torchrun each rank trains on its slice of the same global batch (DDP, or FSDP2 with ``--fsdp``,
+    averages the gradients), so a run on W processes follows the same global batches as a single-process
+    run; the backward's rotation signs and rounding seeds come from module names and steps, hence agree on
+    every rank. Rank 0 writes.
     """
     device, dtype = resolve_device(args.device, args.dtype)
     rank, world, _ = distributed()
@@ -252,44 +301,65 @@ def train_one(recipe: str, args, data: tuple[torch.Tensor, torch.Tensor] | None 
     peak_lr = args.lr if args.lr is not None else DEFAULT_LR[args.size]
 
     model = build_model(args.size, args.seq, args.seed, device, dtype)
-    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.1)
     gen = torch.Generator().manual_seed(args.seed)  # data order: the same for every recipe
     start_step, metrics, losses, elapsed0 = 0, [], [], 0.0
 
     ckpt_path = out / "checkpoint.pt"
+    ckpt = None
     if args.resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location="cpu" if args.fsdp else device, weights_only=False)
         if ckpt["size"] != args.size or ckpt["recipe"] != recipe:
             raise ValueError(f"--resume: {ckpt_path} is a {ckpt['size']}/{ckpt['recipe']} run, not {args.size}/{recipe}")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("fsdp", False) != args.fsdp:  # the optimizer state is keyed by parameter names under --fsdp
+            raise ValueError(f"--resume: {ckpt_path} was written {'with' if ckpt.get('fsdp') else 'without'} --fsdp; resume it the same way")
+        start_step = ckpt["step"]
+
+    # The backend counts steps per compiled graph from 0; a resumed run gets a fresh base seed instead.
+    compile_seed = args.seed if start_step == 0 else derive_seed(args.seed, "resume", start_step) & 0x7FFFFFFF
+    options = {"recipe": recipe, "seed": compile_seed}
+    if args.fsdp:  # before the optimizer is built: FSDP2 replaces the parameters by sharded ones
+        mesh = None
+        if world > 1:  # explicit: fully_shard's default mesh is on CUDA whenever there is a GPU, even for --device cpu
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh(torch.device(device).type, (world,))
+        compiled = compile_blocks(model, options, mesh)
+    else:
+        wrapped = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            wrapped = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+        compiled = torch.compile(wrapped, backend="quartet", options=options)
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.1)
+    if ckpt is not None:
+        if args.fsdp:
+            load_full_state_dicts(model, opt, ckpt["model"], ckpt["optimizer"])
+        else:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["data_generator"])
         torch.set_rng_state(ckpt["torch_rng"])
         if device.startswith("cuda") and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"])
-        start_step, metrics, losses = ckpt["step"], ckpt["metrics"], ckpt["losses"]
+        metrics, losses = ckpt["metrics"], ckpt["losses"]
         elapsed0 = metrics[-1]["elapsed_s"] if metrics else 0.0
-        print(f"[{recipe}] resumed from {ckpt_path} at step {start_step}")
-
-    # The backend counts steps per compiled graph from 0; a resumed run gets a fresh base seed instead.
-    compile_seed = args.seed if start_step == 0 else derive_seed(args.seed, "resume", start_step) & 0x7FFFFFFF
-    wrapped = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        wrapped = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
-    compiled = torch.compile(wrapped, backend="quartet", options={"recipe": recipe, "seed": compile_seed})
+        del ckpt
+        if main_rank:
+            print(f"[{recipe}] resumed from {ckpt_path} at step {start_step}")
     if main_rank:
-        print(f"[{recipe}] {args.size}: {count_params(model) / 1e6:.2f}M parameters, {world} x {device} {str(dtype).removeprefix('torch.')}, "
+        parallel = ("FSDP2 " if world > 1 else "per-block compile, ") if args.fsdp else ("DDP " if world > 1 else "")
+        print(f"[{recipe}] {args.size}: {count_params(model) / 1e6:.2f}M parameters, {parallel}{world} x {device} {str(dtype).removeprefix('torch.')}, "
               f"steps {start_step}->{args.steps}, batch {args.batch} x {args.seq} bytes, lr {peak_lr:g} -> {out}", flush=True)
 
     def checkpoint(step: int) -> None:
+        model_sd, opt_sd = full_state_dicts(model, opt) if args.fsdp else (model.state_dict(), opt.state_dict())
         if not main_rank:
             return
         save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "recipe": recipe, "size": args.size,
+            "model": model_sd, "optimizer": opt_sd, "fsdp": args.fsdp, "step": step, "recipe": recipe, "size": args.size,
             "data_generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if device.startswith("cuda") else None,
             "metrics": metrics, "losses": losses, "args": {k: v for k, v in vars(args).items() if k != "out_dirs"},
@@ -389,6 +459,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt up to --steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--fsdp", action="store_true", help="FSDP2 under torchrun (fully_shard per block, each block compiled on its own)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16 on cuda, fp32 on cpu")
     args = p.parse_args(argv)
 

@@ -11,6 +11,13 @@ Claims checked, on the ``tiny`` preset under the default ``quartet`` recipe:
   rows at steps 6 and 12, and its per-step loss history continues the first run's.
 * Under torchrun with 2 CPU processes (DDP over Gloo) the losses equal the single-process run's at the same
   global batch (within 1e-5 relative).
+* ``examples/bench_train.py`` (GPU only) parses its config list and prints OOM / n/a rows and the ratios to
+  BF16 in its table.
+* With ``--fsdp`` (FSDP2 ``fully_shard`` per block and root, each block compiled on its own) 2 CPU processes
+  give the losses of the single-process ``--fsdp`` run (per-block compile, unsharded) within 1e-5 relative,
+  and the weights of their full checkpoints agree (keys are the plain model's). The first loss, before any
+  update, equals the whole-model-compiled run's; later ones differ from it (about 1e-3) only because
+  per-block compilation keys the backward's rotation seeds differently (see ``train.compile_blocks``).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from examples import train
@@ -67,21 +75,48 @@ def test_train_tiny_quartet_then_resume(tmp_path):
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 14
 
 
-def test_ddp_two_processes_follow_the_single_process_run(tmp_path):
+def _script_run(out: Path, *extra: str, procs: int = 1) -> dict:
+    """Run train.py (3 tiny steps on the CPU) in a fresh process, under torchrun when ``procs > 1``; its checkpoint."""
+    common = ["--size", "tiny", "--steps", "3", "--batch", "4", "--seq", "64", "--eval-every", "3", "--eval-batches", "1", "--device", "cpu"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs)] if procs > 1 else [sys.executable]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run([*launch, str(Path(train.__file__)), *common, *extra, "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return torch.load(out / "checkpoint.pt", weights_only=False)
+
+
+def _close(a: list[float], b: list[float], rel: float = 1e-5) -> bool:
+    return len(a) == len(b) == 3 and all(abs(x - y) <= rel * abs(y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> dict:
+    return _script_run(tmp_path_factory.mktemp("single"))
+
+
+def test_ddp_two_processes_follow_the_single_process_run(tmp_path, single_run):
     """torchrun with 2 CPU processes (Gloo, DDP) at the same global batch gives the single-process losses:
     each rank quantizes its slice with the same rotations and seeds (module names and steps), and with
     quartet's groups of 32 tokens the split along T changes nothing but FP32 summation order."""
 
-    script = str(Path(train.__file__))
-    common = ["--size", "tiny", "--steps", "3", "--batch", "4", "--seq", "64", "--eval-every", "3", "--eval-batches", "1", "--device", "cpu"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", script, *common, "--out", str(tmp_path / "ddp")],
-                   check=True, capture_output=True, text=True, env=env, timeout=600)
-    subprocess.run([sys.executable, script, *common, "--out", str(tmp_path / "single")], check=True, capture_output=True, text=True, env=env, timeout=600)
-    ddp = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["losses"]
-    single = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)["losses"]
-    assert len(ddp) == len(single) == 3
-    assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(ddp, single, strict=True)), (ddp, single)
+    ddp = _script_run(tmp_path / "ddp", procs=2)["losses"]
+    assert _close(ddp, single_run["losses"]), (ddp, single_run["losses"])
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
+def test_fsdp_two_processes_follow_the_single_process_run(tmp_path, single_run):
+    """torchrun with 2 CPU processes (Gloo, FSDP2) gives the single-process --fsdp losses and weights: the
+    blocks' rotations and seeds agree on both ranks, and the reduce-scatter averages the two half batches."""
+
+    fsdp = _script_run(tmp_path / "fsdp", "--fsdp", procs=2)
+    unsharded = _script_run(tmp_path / "unsharded", "--fsdp")
+    assert fsdp["fsdp"] and _close(fsdp["losses"], unsharded["losses"]), (fsdp["losses"], unsharded["losses"])
+    assert math.isclose(fsdp["losses"][0], single_run["losses"][0], rel_tol=1e-5)  # the same model before any update
+    assert list(fsdp["model"]) == list(unsharded["model"]) and set(fsdp["model"]) == set(single_run["model"])
+    for name, weight in fsdp["model"].items():
+        assert weight.shape == single_run["model"][name].shape, name  # gathered, not rank 0's shard
+        torch.testing.assert_close(weight, unsharded["model"][name], rtol=0, atol=1e-4, msg=name)
 
 
 def test_accuracy_benchmark_ordering_check():
@@ -92,3 +127,20 @@ def test_accuracy_benchmark_ordering_check():
         "Quartet II gap < NVIDIA gap: yes", "naive mxfp4-rtn is the worst: yes"]
     assert ordering_holds({"quartet2": 0.06, "nvidia": 0.05, "mxfp4-rtn": 0.01})[0].endswith("NO")
     assert "NO (worst: quartet2)" in ordering_holds({"quartet2": 0.3, "nvidia": 0.05, "mxfp4-rtn": 0.2})[1]
+
+
+def test_train_benchmark_table():
+    """bench_train's table: ratios to the first (BF16) row, OOM and n/a rows kept, GiB from bytes."""
+    from examples import bench_train
+
+    args = bench_train.parse_args(["--recipes", "quartet,nvidia", "--float8", "rowwise"])
+    assert (args.size, args.batch, args.seq, args.recipes, args.float8) == ("1b", 4, 2048, ["quartet", "nvidia"], ["rowwise"])
+    assert [name for name, _ in bench_train.configs(args.recipes, args.float8, "cuda")] == [
+        "bf16 inductor", "torchao float8 rowwise", "fp4compile quartet", "fp4compile nvidia"]
+    rows = [{"config": "bf16 inductor", "tokens_per_s": 1000.0, "peak_bytes": 8 << 30, "status": "ok"},
+            {"config": "torchao float8 rowwise", "tokens_per_s": None, "peak_bytes": None, "status": "n/a"},
+            {"config": "fp4compile quartet", "tokens_per_s": 1500.0, "peak_bytes": 6 << 30, "status": "ok"},
+            {"config": "fp4compile nvidia", "tokens_per_s": None, "peak_bytes": None, "status": "OOM"}]
+    assert bench_train.table(rows).splitlines()[2:] == [
+        "| bf16 inductor | 1,000 | 1.00x | 8.00 | 1.00x |", "| torchao float8 rowwise | n/a | | | |",
+        "| fp4compile quartet | 1,500 | 1.50x | 6.00 | 0.75x |", "| fp4compile nvidia | OOM | | | |"]
