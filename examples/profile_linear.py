@@ -83,6 +83,10 @@ def main() -> None:
           f"({gpu_ms / wall:.0%} busy)")
     print("host calls per step: " + ", ".join(f"{k} {v / args.steps:g}" for k, v in sorted(syncs.items())))
     if args.host:
+        cpu = sorted((e for e in prof.key_averages() if e.self_cpu_time_total > 0), key=lambda e: -e.self_cpu_time_total)[: args.host]
+        print("| host op or CUDA API call (torch.profiler) | calls/step | self ms/step |\n|---|---|---|")
+        for e in cpu:
+            print(f"| {e.key[:100]} | {e.count / args.steps:g} | {e.self_cpu_time_total / 1e3 / args.steps:.3f} |")
         _host_profile(step, args.steps, args.host)
     rows = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[: args.top]
     print("| kernel | calls/step | ms/step |\n|---|---|---|")

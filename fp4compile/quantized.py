@@ -77,7 +77,8 @@ class GemmValues:
     * ``values``    ``[M, K]``: float8_e4m3fn (MXFP4 folded: ``q * 2^(e_g - E_r + 6)``) or bfloat16 (NVFP4:
                     ``q * s8``, exact);
     * ``row_scale`` float32 ``[M, 1]`` (``2^(E_r - 6)``) for the FP8 form, None for BF16;
-    * ``alpha``     float32 scalar: ``tensor_scale * factor``, applied after the GEMM.
+    * ``alpha``     float32 scalar: ``tensor_scale * factor``, applied after the GEMM (a 0-dim CPU tensor for
+                    MXFP4, whose tensor scale is 1; on the device for NVFP4).
 
     ``values * row_scale`` equals :meth:`QuantizedTensor.block_values` of the same quantization (for FP8:
     in every group within 14 binades of its row's largest; lowering/hopper_gemm.py counts the others).

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4compile.kernels.rotate_quantize import _NO_FMA, _precision, _rotate, device_rotation
+from fp4compile.kernels.rotate_quantize import _NO_FMA, PreparedRotation, _precision, _rotate, device_rotation, placeholder, rotation_size
 
 
 @triton.jit
@@ -43,25 +43,24 @@ def epilogue_kernel(g_ptr, alpha_ptr, mask_ptr, h_ptr, rot_scale, out_ptr, R, K,
     tl.store(out_ptr + rows[:, None] * K + ks[None, :], g.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def supports_width(k: int, inverse_rotation: torch.Tensor | None) -> bool:
+def supports_width(k: int, inverse_rotation: torch.Tensor | PreparedRotation | None) -> bool:
     """Whether the kernel takes rows of ``k`` elements (a multiple of 32 and of the rotation size)."""
-    g_size = 0 if inverse_rotation is None else inverse_rotation.shape[0]
-    return k % max(g_size, 32) == 0
+    return k % max(rotation_size(inverse_rotation), 32) == 0
 
 
-def mask_rotate_cast(g: torch.Tensor, mask_bits: torch.Tensor | None, inverse_rotation: torch.Tensor | None, out_dtype: torch.dtype,
+def mask_rotate_cast(g: torch.Tensor, mask_bits: torch.Tensor | None, inverse_rotation: torch.Tensor | PreparedRotation | None, out_dtype: torch.dtype,
                      alpha: torch.Tensor | None = None) -> torch.Tensor:
     """``((g * alpha * mask) @ blockdiag(M^T)).to(out_dtype)`` for fp32 ``g [R, K]``; ``inverse_rotation`` is ``M^T``
     (built on the CPU: no host sync), ``alpha`` a float32 scalar tensor on g's device."""
     g = g.contiguous().float()
     r, k = g.shape
-    g_size = 0 if inverse_rotation is None else inverse_rotation.shape[0]
+    g_size = rotation_size(inverse_rotation)
     block_k = 128 if k % 128 == 0 else max(g_size, 32)
     if k % block_k:
         raise ValueError(f"epilogue kernel: K={k} is not a multiple of {block_k}")
     out = torch.empty(r, k, dtype=out_dtype, device=g.device)
     h, rot_scale = device_rotation(inverse_rotation, g.device)
-    mask = mask_bits.contiguous() if mask_bits is not None else torch.empty(1, dtype=torch.uint8, device=g.device)
+    mask = mask_bits.contiguous() if mask_bits is not None else placeholder(torch.uint8, g.device)
     block_r = 32
     alpha_t = alpha.reshape(1).float() if alpha is not None else h
     epilogue_kernel[(triton.cdiv(r, block_r), k // block_k)](

@@ -361,7 +361,8 @@ def quantize_kernel(
         v8 = tl.reshape(tl.where(bad[:, :, None], 0x7F, tl.reshape(v8, (BLOCK_R, NG, GROUP))), (BLOCK_R, BLOCK_K))
         tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v8.to(tl.uint8), mask=row_ok)
         nonzero = (tl.max(tl.reshape(codes & 7, (BLOCK_R, NG, GROUP)), axis=2) > 0) & ~bad
-        tl.atomic_add(count_ptr, tl.sum(tl.sum((nonzero & (e < e_r[:, None] - 14) & row_ok).to(tl.int32), axis=1), axis=0))
+        unfoldable = tl.sum(tl.sum((nonzero & (e < e_r[:, None] - 14) & row_ok).to(tl.int32), axis=1), axis=0)
+        tl.atomic_add(count_ptr, unfoldable.to(count_ptr.dtype.element_ty))
         if pid_k == 0:
             tl.store(rs_ptr + rows, _pow2(e_r - 6), mask=rows < R)
     elif VALUES == 2:  # NVFP4 as exact BF16 q * s8 (twin: hopper_gemm.nvfp4_to_bf16)
@@ -390,12 +391,15 @@ def quantize_kernel(
 # Launcher: check, allocate, launch
 # ------------------------------------------------------------------------------------------------
 
+import functools  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 import torch  # noqa: E402
 
+from fp4compile.lowering.hopper_gemm import _record, unfoldable_counter  # noqa: E402
 from fp4compile.quantized import GemmValues, QuantizedTensor, ScaleFormat  # noqa: E402
 from fp4compile.quantizers import Quantizer  # noqa: E402
 from fp4compile.reference.nvfp4 import EDEN_VAL_MAX, SR_VAL_MAX  # noqa: E402
@@ -443,23 +447,56 @@ def _block_k(k_out: int, minimum: int) -> int:
     raise ValueError(f"quantize kernel: padded length {k_out} is not a multiple of {minimum}")
 
 
-def device_rotation(rotation: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor, float]:
-    """``(M / c on device as float32, c)`` with ``c = max |M|`` (float32 ``1/sqrt(G)`` for a Hadamard), so ``M / c`` is +-1.
+class PreparedRotation(NamedTuple):
+    """A rotation ready for the kernels: ``h = M / scale`` (entries +-1, float32, on the device) and ``scale``."""
+
+    h: torch.Tensor
+    scale: float
+
+
+def device_rotation(rotation: torch.Tensor | PreparedRotation | None, device: torch.device) -> PreparedRotation:
+    """``M / c`` on the device as float32 and ``c = max |M|`` (float32 ``1/sqrt(G)`` for a Hadamard), so ``M / c`` is +-1.
 
     ``rotation`` built on the CPU (what the lowering passes) costs no host synchronization: ``c`` is read on
-    the host and the +-1 matrix travels through pinned memory without blocking. A matrix already on the
-    GPU is read back once (a sync); only tests do that. No rotation: a 1-element placeholder and c = 1.
+    the host and the +-1 matrix travels through pinned memory without blocking. A PreparedRotation (the
+    lowering caches those of fixed rotations) is used as it is. A matrix already on the GPU is read back
+    once (a sync); only tests do that. No rotation: a 1-element placeholder and c = 1.
     """
     if rotation is None:
-        return torch.empty(1, device=device), 1.0
+        return PreparedRotation(placeholder(torch.float32, device), 1.0)
+    if isinstance(rotation, PreparedRotation):
+        return rotation
+    rot_scale = float(rotation.abs().max())
     if rotation.device.type == "cpu":
-        rot_scale = float(rotation.abs().max())
         h = (rotation.float() / rot_scale).contiguous()
         if device.type == "cuda":
             h = h.pin_memory().to(device, non_blocking=True)
-        return h, rot_scale
-    rot_scale = float(rotation.abs().max())
-    return (rotation / rot_scale).to(device=device, dtype=torch.float32).contiguous(), rot_scale
+        return PreparedRotation(h, rot_scale)
+    return PreparedRotation((rotation / rot_scale).to(device=device, dtype=torch.float32).contiguous(), rot_scale)
+
+
+def rotation_size(rotation: torch.Tensor | PreparedRotation | None) -> int:
+    """G of a G x G rotation (0 for none)."""
+    if rotation is None:
+        return 0
+    return (rotation.h if isinstance(rotation, PreparedRotation) else rotation).shape[0]
+
+
+@functools.lru_cache(maxsize=16)
+def host_factor(factor: float) -> torch.Tensor:
+    """``1.0f * factor`` as a 0-dim float32 CPU tensor (what ``tensor_scale.float() * factor`` gives for MXFP4)."""
+    return torch.ones((), dtype=torch.float32) * factor
+
+
+_PLACEHOLDERS: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def placeholder(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A cached 1-element tensor for a pointer argument the kernel does not touch in this specialisation."""
+    key = (dtype, torch.device(device))
+    if key not in _PLACEHOLDERS:
+        _PLACEHOLDERS[key] = torch.empty(1, dtype=dtype, device=device)
+    return _PLACEHOLDERS[key]
 
 
 _CONSTANTS: dict[tuple[float, torch.device], torch.Tensor] = {}
@@ -482,7 +519,7 @@ def _precision(dtype: torch.dtype, device: torch.device) -> str:
 def quantize(
     x: torch.Tensor | QuantizedTensor,
     quantizer: Quantizer,
-    rotation: torch.Tensor | None,
+    rotation: torch.Tensor | PreparedRotation | None,
     seed: int,
     *,
     transpose: bool = False,
@@ -510,7 +547,7 @@ VALUE_FORMS = {"fp8": 1, "bf16": 2}
 def quantize_for_gemm(
     x: torch.Tensor | QuantizedTensor,
     quantizer: Quantizer,
-    rotation: torch.Tensor | None,
+    rotation: torch.Tensor | PreparedRotation | None,
     seed: int,
     *,
     form: str,
@@ -556,7 +593,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     if not scaled:
         alpha_src = device_constant(1.0, device)
     group = quantizer.group_size
-    g = 0 if rotation is None else rotation.shape[0]
+    g = rotation_size(rotation)
     multiple = math.lcm(group, g or 1, 16, pad_to)
     k_out = -(-k // multiple) * multiple
     block_k = _block_k(k_out, max(group, g, 16))
@@ -574,16 +611,18 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         stats_kernel[grid](*source, amax, r, k, ROW_EXP=False, RULE=rule.rule, GROUP=group, **common, **_NO_FMA)
         s32 = amax / device_constant(rule.scales_max * rule.val_max, device)  # true division, as the reference
         s32 = torch.where(amax > 0, s32, torch.ones_like(s32))
-    else:
+    elif keep_packed:
         s32 = torch.ones(1, device=device, dtype=torch.float32)  # its own tensor: it becomes an op output
-    empty8 = torch.empty(1, dtype=torch.uint8, device=device)
+    else:
+        s32 = placeholder(torch.float32, device)  # MXFP4 rules never read it
+    empty8 = placeholder(torch.uint8, device)  # outputs this launch does not write (never returned)
     values = VALUE_FORMS.get(form, 0)
     e_r = row_scale = count = empty8
     if values == 1:  # pre-pass: each row's largest live scale exponent
         e_r = torch.full((r,), _NO_ROW_EXP.value, dtype=torch.int32, device=device)
         stats_kernel[grid](*source, e_r, r, k, ROW_EXP=True, RULE=rule.rule, GROUP=group, **common, **_NO_FMA)
         row_scale = torch.empty(r, 1, dtype=torch.float32, device=device)
-        count = torch.zeros(1, dtype=torch.int32, device=device)
+        count = unfoldable_counter(device)  # the kernel adds its unfoldable groups to the device's running count
     out_values = empty8 if values == 0 else torch.empty(r, k_out, dtype=torch.uint8 if values == 1 else torch.bfloat16, device=device)
     codes = torch.empty(r, k_out // 2, dtype=torch.uint8, device=device) if keep_packed else empty8
     scales = torch.empty(r, k_out // group, dtype=torch.uint8, device=device) if keep_packed else empty8
@@ -591,8 +630,8 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     mask = torch.empty(r, k_out // 8, dtype=torch.uint8, device=device) if write_mask else empty8
     u_elem, u_scale = uniforms if uniforms is not None else (None, None)
     has_u = uniforms is not None
-    u_elem = u_elem.to(device).contiguous() if u_elem is not None else torch.empty(1, device=device)
-    u_scale = u_scale.to(device).contiguous() if u_scale is not None else torch.empty(1, device=device)
+    u_elem = u_elem.to(device).contiguous() if u_elem is not None else placeholder(torch.float32, device)
+    u_scale = u_scale.to(device).contiguous() if u_scale is not None else placeholder(torch.float32, device)
     quantize_kernel[grid](
         *source, s32, u_elem, u_scale, codes, scales, mask,
         out_values, e_r, row_scale, count,
@@ -600,19 +639,14 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
         WRITE_PACKED=keep_packed, VALUES=values, HW_CVT=_HW_CVT, **common, **_NO_FMA,
     )
-    alpha = s32.reshape(()) * quantizer.factor
+    # alpha = tensor scale * factor, formed as the reference forms it (float32); MXFP4's tensor scale is 1, so
+    # its alpha is the factor alone, kept on the host (a 0-dim CPU tensor: no kernel, no copy)
+    alpha = s32.reshape(()) * quantizer.factor if is_nv else host_factor(quantizer.factor)
     q = QuantizedTensor(codes, scales, quantizer.scale_format, group, s32.reshape(()), quantizer.factor) if keep_packed else None
     gemm = None
     if values == 1:
-        _record_fold(scales_numel=r * (k_out // group), unfoldable=count)
+        _record(r * (k_out // group))
         gemm = GemmValues(out_values.view(torch.float8_e4m3fn), row_scale, alpha)
     elif values == 2:
         gemm = GemmValues(out_values, None, alpha)
     return gemm, q, (mask if write_mask else None)
-
-
-def _record_fold(scales_numel: int, unfoldable: torch.Tensor) -> None:
-    """Count folded groups and unfoldable ones in the Hopper GEMM's FOLD_STATS (no host sync)."""
-    from fp4compile.lowering.hopper_gemm import _record
-
-    _record(scales_numel, unfoldable.reshape(()).long())

@@ -17,7 +17,7 @@ and the same operand values (../shared/docs/hopper.md gives the method and the m
 
   This is exact for every group with ``e_g >= E_r - 14`` (its smallest value, 0.5 * 2^-8 = 2^-9, is
   E4M3's smallest subnormal). A group further below holds values under 2^-14 of its row's largest
-  group; the E4M3 cast rounds them (to nearest even). Such groups are counted in :data:`FOLD_STATS`,
+  group; the E4M3 cast rounds them (to nearest even). Such groups are counted (:func:`fold_stats`),
   never hidden. The GEMM is then one row-wise scaled FP8 GEMM, ``torch._scaled_mm(a8, b8.t(),
   scale_a=row_scale_a * alpha [M, 1], scale_b=row_scale_b^T [1, N], use_fast_accum=False)``: products
   of E4M3 values are exact, but Hopper's FP8 tensor cores do not accumulate in full FP32, so the result
@@ -69,31 +69,42 @@ _NO_GROUP = -(2**20)  # exponent sentinel of a row without a nonzero code
 _MIN_SHIFT = -13  # q * 2^shift is +-0 in E4M3 for every shift <= -13
 _NAN_ROW = FP8_HEADROOM - _MIN_SHIFT + 1  # row of the fold table holding NaNs
 
-# Counts over every fold since the last reset (gemm_nt folds both operands of an MXFP4 x MXFP4 GEMM):
-#   "groups":            int, groups folded;
-#   "unfoldable_groups": groups with a nonzero code more than 14 binades below their row's largest group
-#                        (rounded in E4M3 instead of exact). Added without a host sync, so it may be a
-#                        0-dim int64 tensor on the GEMM's device: read it with fold_stats() (or int()).
-# Reset with reset_fold_stats(). Updating it is a Python side effect: call these functions eagerly (or
-# from a custom op), not inside a graph that torch.compile traces.
-FOLD_STATS: dict[str, int | torch.Tensor] = {"groups": 0, "unfoldable_groups": 0}
+# Counts over every fold since the last reset (gemm_nt folds both operands of an MXFP4 x MXFP4 GEMM, the
+# quantize kernel folds what it writes in the FP8 form):
+#   groups folded (a host int), and
+#   unfoldable groups: a nonzero code more than 14 binades below their row's largest group (rounded in E4M3
+#   instead of exact), accumulated on each device in one int64 counter that kernels add to directly (no
+#   extra launch, no host sync). Read them with fold_stats() (which syncs), reset with reset_fold_stats().
+# Updating them is a side effect: call these functions eagerly (or from a custom op), not inside a graph
+# that torch.compile traces.
+_GROUPS = [0]
+_UNFOLDABLE: dict[torch.device, torch.Tensor] = {}
+
+
+def unfoldable_counter(device: torch.device) -> torch.Tensor:
+    """The device's unfoldable-group counter (int64 [1]; kernels atomically add to it)."""
+    device = torch.device(device)
+    if device not in _UNFOLDABLE:
+        _UNFOLDABLE[device] = torch.zeros(1, dtype=torch.int64, device=device)
+    return _UNFOLDABLE[device]
 
 
 def fold_stats() -> dict[str, int]:
-    """``FOLD_STATS`` as plain ints (synchronizes with the device that holds the count)."""
-    return {key: int(value) for key, value in FOLD_STATS.items()}
+    """``{"groups": folded groups, "unfoldable_groups": of which not exact}`` since the last reset (syncs)."""
+    return {"groups": _GROUPS[0], "unfoldable_groups": sum(int(c.item()) for c in _UNFOLDABLE.values())}
 
 
 def reset_fold_stats() -> None:
-    FOLD_STATS.update(groups=0, unfoldable_groups=0)
+    _GROUPS[0] = 0
+    for counter in _UNFOLDABLE.values():
+        counter.zero_()
 
 
-def _record(groups: int, unfoldable: torch.Tensor) -> None:
-    previous = FOLD_STATS["unfoldable_groups"]
-    if isinstance(previous, torch.Tensor) and previous.device != unfoldable.device:
-        previous = int(previous)
-    FOLD_STATS["groups"] = int(FOLD_STATS["groups"]) + groups
-    FOLD_STATS["unfoldable_groups"] = previous + unfoldable
+def _record(groups: int, unfoldable: torch.Tensor | None = None) -> None:
+    """Count ``groups`` folded; add ``unfoldable`` (a device count) unless the kernel added it itself."""
+    _GROUPS[0] += groups
+    if unfoldable is not None:
+        unfoldable_counter(unfoldable.device).add_(unfoldable.reshape(1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,7 +162,7 @@ def _bf16_table(device: torch.device) -> torch.Tensor:
 
 
 def _fold(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`fold_mxfp4_fp8` with the unfoldable count left on the device (0-dim int64); records FOLD_STATS."""
+    """:func:`fold_mxfp4_fp8` with the unfoldable count left on the device (0-dim int64); records it in fold_stats."""
     if codes.dim() != 2:
         raise ValueError(f"fold_mxfp4_fp8 takes 2-D codes [M, K/2], got shape {tuple(codes.shape)}")
     _check_packed(codes, scales, group_size, "fold_mxfp4_fp8")
@@ -180,7 +191,7 @@ def fold_mxfp4_fp8(codes: torch.Tensor, scales: torch.Tensor, group_size: int = 
 
     ``a8.float() * row_scale`` equals the block values (``e2m1 * 2^e_g``) bit for bit in every group with
     ``e_g >= E_r - 14``; the other groups that hold a nonzero code are rounded to nearest in E4M3 and
-    counted in ``n_unfoldable`` (and in :data:`FOLD_STATS`). A NaN scale (0xFF) makes its group NaN in
+    counted in ``n_unfoldable`` (and in :func:`fold_stats`). A NaN scale (0xFF) makes its group NaN in
     ``a8``; rows without a nonzero code get ``a8 = 0`` and ``row_scale = 1``. Returning the count as an
     int synchronizes with the device; :func:`gemm_nt` does not.
     """

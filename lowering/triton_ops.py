@@ -19,6 +19,8 @@ rule (a plug-in) runs through the reference for that operand.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
 from fp4compile import formats
@@ -26,6 +28,7 @@ from fp4compile.config import Recipe, Source
 from fp4compile.kernels.epilogue import mask_rotate_cast, supports_width
 from fp4compile.kernels.quantize import quantize as kernel_quantize
 from fp4compile.kernels.quantize import quantize_for_gemm, supports
+from fp4compile.kernels.rotate_quantize import PreparedRotation, device_rotation
 from fp4compile.lowering.hopper_gemm import block_values_bf16, gemm_accumulate
 from fp4compile.lowering.layout_plan import Form, OperandPlan, operand, plan_linear
 from fp4compile.quantized import QuantizedTensor
@@ -35,10 +38,27 @@ from fp4compile.reference.gemm import Operand
 from fp4compile.rotations import Rotation
 from fp4compile.seeds import derive_seed
 
+_FIXED: dict[tuple, PreparedRotation] = {}
+_RECENT: OrderedDict[tuple, PreparedRotation] = OrderedDict()
 
-def _matrix(rotation: Rotation, seed: int) -> torch.Tensor | None:
-    """The rotation's matrix, built on the CPU: the kernels move it without a host sync (device_rotation)."""
-    return None if rotation.is_identity else rotation.matrix(seed, "cpu")
+
+def _matrix(rotation: Rotation, seed: int, device: torch.device, *, inverse: bool = False) -> PreparedRotation | None:
+    """The rotation's matrix (``M``, or ``M^T`` with ``inverse``) prepared on the device, without a host sync.
+
+    A fixed rotation is prepared once. A random one (new signs every step) is built on the CPU and travels
+    through pinned memory (kernels.rotate_quantize.device_rotation); the four backward operands of a layer
+    share one draw, so the last few draws are kept.
+    """
+    if rotation.is_identity:
+        return None
+    key = (rotation, seed if rotation.is_random else None, inverse, torch.device(device))
+    cache = _RECENT if rotation.is_random else _FIXED
+    if key not in cache:
+        m = rotation.matrix(seed if rotation.is_random else None, "cpu")
+        cache[key] = device_rotation(m.t() if inverse else m, torch.device(device))
+        if len(_RECENT) > 8:
+            _RECENT.popitem(last=False)
+    return cache[key]
 
 
 def _operand(src, plan: OperandPlan, rotation: Rotation, rot_seed: int, seed: int, *, transpose: bool = False) -> Operand:
@@ -49,7 +69,7 @@ def _operand(src, plan: OperandPlan, rotation: Rotation, rot_seed: int, seed: in
     """
     q = None if plan.quantizer is None else get_quantizer(plan.quantizer)
     if q is not None and supports(q):
-        m = _matrix(rotation, rot_seed)
+        m = _matrix(rotation, rot_seed, _device_of(src))
         if plan.form in (Form.FP8, Form.BF16):
             values, _, _ = quantize_for_gemm(src, q, m, seed, form=plan.form.value, transpose=transpose, pad_to=plan.pad_to)
             return values
@@ -60,6 +80,10 @@ def _operand(src, plan: OperandPlan, rotation: Rotation, rot_seed: int, seed: in
     dense = torch.nn.functional.pad(dense.float(), (0, pad)) if pad else dense.float()
     rotated = rotation.apply(dense, rot_seed)
     return rotated if q is None else q.quantize(rotated, seed)
+
+
+def _device_of(src) -> torch.device:
+    return src.codes.device if isinstance(src, QuantizedTensor) else src.device
 
 
 def _plans(recipe: Recipe, device: torch.device) -> tuple[OperandPlan, ...]:
@@ -78,7 +102,7 @@ def quantize(t: torch.Tensor, recipe: Recipe, operand_name: str, seed: int, form
         out = q.quantize(spec.rotation.apply(t, rot_seed), q_seed)
         mask = formats.pack_bits(out.mask) if out.mask is not None else empty()
         return out.codes, out.scales, out.tensor_scale.reshape(()).float(), mask, empty(), empty()
-    m = _matrix(spec.rotation, rot_seed)
+    m = _matrix(spec.rotation, rot_seed, t.device)
     if form == "packed":
         out, mask = kernel_quantize(t, q, m, q_seed)
         return out.codes, out.scales, out.tensor_scale.reshape(()).float(), (mask if mask is not None else empty()), empty(), empty()
@@ -95,16 +119,19 @@ def output_gemm(xq: Operand, wq: Operand, out_dtype: torch.dtype) -> torch.Tenso
 
 def _epilogue(acc: torch.Tensor, alpha, mask: torch.Tensor | None, inverse: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """``((acc * alpha * mask) @ blockdiag(M^T)).to(out_dtype)`` in one kernel pass when the width allows."""
+    if alpha is not None and not (isinstance(alpha, torch.Tensor) and alpha.device == acc.device):
+        acc, alpha = acc * alpha, None  # a host-side alpha (MXFP4 factors): a scalar argument, no copy
     if mask is None and inverse is None and alpha is None:
         return acc.to(out_dtype)
-    alpha_t = None if alpha is None else torch.as_tensor(alpha, dtype=torch.float32, device=acc.device)
+    alpha_t = alpha
     if supports_width(acc.shape[-1], inverse):
         return mask_rotate_cast(acc, mask, inverse, out_dtype, alpha=alpha_t)
     g = acc if alpha_t is None else acc * alpha_t  # widths the kernel does not take: torch ops, same order
     if mask is not None:
         g = g * formats.unpack_bits(mask)[..., : g.shape[-1]]
     if inverse is not None:
-        g = (g.unflatten(-1, (-1, inverse.shape[0])) @ inverse.to(g.device)).flatten(-2)
+        h, scale = device_rotation(inverse, g.device)
+        g = ((g.unflatten(-1, (-1, h.shape[0])) @ h) * torch.tensor(scale, dtype=torch.float32)).flatten(-2)
     return g.to(out_dtype)
 
 
@@ -113,7 +140,7 @@ def _finish(acc: torch.Tensor, alpha, mask_bits: torch.Tensor | None, k: int, re
     acc = acc[..., :k]
     mask = mask_bits if mask_bits is not None and recipe.mask_gradients else None
     rotation = recipe.output.rotation
-    inverse = None if rotation.is_identity else rotation.matrix(ref.rotation_seed(seed, "output"), "cpu").t()
+    inverse = _matrix(rotation, ref.rotation_seed(seed, "output"), acc.device, inverse=True)
     return _epilogue(acc, alpha, mask, inverse, out_dtype)
 
 

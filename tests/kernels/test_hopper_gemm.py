@@ -6,7 +6,7 @@
   crafted rows (the 14-binade boundary, zero-code groups with large scales, all-zero rows, byte 0,
   byte 254 overflowing to inf, NaN scale bytes) and on uniformly random codes and scale bytes. Groups
   with a nonzero code more than 14 binades below their row's largest group are counted exactly (also
-  in FOLD_STATS) and, there, ``a8`` is the E4M3 round-to-nearest-even of ``block_value / row_scale``.
+  in fold_stats()) and, there, ``a8`` is the E4M3 round-to-nearest-even of ``block_value / row_scale``.
   A NaN scale makes its group NaN (row_scale stays finite).
 * ``nvfp4_to_bf16`` equals ``e2m1 * s8`` (the block values, tensor scale not applied) bit for bit for
   nvfp4_rtn, nvfp4_4over6 and nvfp4_ms_eden outputs, NaN groups included.
@@ -15,7 +15,7 @@
   bit for bit) plus, for bf16 output, half a bf16 ulp (2^-8) compared with the float32 reference. torch 2.13's CPU ``_scaled_mm`` supports row-wise FP8
   scaling, so the MXFP4 path (``_scaled_mm`` called with ``use_fast_accum=False``) is tested on the CPU
   too: within 1e-3 relative (max abs error / max |ref|; plus 2^-8 for bf16 output), with the 16/9 alpha, N not a multiple of 16,
-  NaN rows propagating, and FOLD_STATS counting every folded group.
+  NaN rows propagating, and fold_stats() counting every folded group.
 * GPU (skipped without CUDA): at 4096x4096x4096 on Gaussian random data the MXFP4 FP8 path is within
   2e-4 of the reference (measured 0 on an H100: the exact partial sums fit the FP8 accumulator), and
   within 1e-3 when the groups' magnitudes spread over 2^-6..2^6 (measured up to 4.4e-4; fast
