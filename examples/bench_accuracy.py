@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--out", default="runs/accuracy")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default=None, help="also draw every recipe's loss curves into this PNG")
+    p.add_argument("--table", default=None, help="also write the markdown table (and the ordering checks) to this file")
     args = p.parse_args(argv)
     recipes = [r for r in args.recipes.split(",") if r]
     if "bf16" not in recipes:
@@ -57,13 +59,46 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                             "--seq", str(args.seq), "--eval-every", str(max(1, steps // 4)), "--out", args.out, "--seed", str(args.seed)])
     base = next(s for s in summaries if s["recipe"] == "bf16")["val_loss"]
     gaps = {s["recipe"]: s["val_loss"] - base for s in summaries if s["recipe"] != "bf16"}
-    print("\n| recipe | val loss | bits/byte | gap to bf16 | papers' gap |\n|---|---|---|---|---|")
+    lines = ["| recipe | val loss (nats/byte) | bits/byte | gap to bf16 | papers' gap | tokens/s |", "|---|---|---|---|---|---|"]
     for s in summaries:
         gap = "-" if s["recipe"] == "bf16" else f"{gaps[s['recipe']]:+.4f}"
-        print(f"| {s['recipe']} | {s['val_loss']:.4f} | {s['val_bpb']:.4f} | {gap} | {PAPER_GAPS.get(s['recipe'], '-')} |")
-    for line in ordering_holds(gaps):
-        print(line)
+        lines.append(f"| {s['recipe']} | {s['val_loss']:.4f} | {s['val_bpb']:.4f} | {gap} | {PAPER_GAPS.get(s['recipe'], '-')} | {s['tokens_per_s']:,.0f} |")
+    lines += ["", *ordering_holds(gaps)]
+    print("\n" + "\n".join(lines))
+    if args.table:
+        Path(args.table).write_text("\n".join(lines) + "\n")
+    if args.plot:
+        plot_curves(summaries, Path(args.plot))
     return gaps
+
+
+def plot_curves(summaries: list[dict], path: Path) -> None:
+    """Validation loss per evaluation and smoothed training loss per step, one colour per recipe."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: plot skipped")
+        return
+    fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(11, 4))
+    for s in summaries:
+        losses = s["losses"]
+        k = max(1, len(losses) // 50)
+        smooth = [sum(losses[i:i + k]) / len(losses[i:i + k]) for i in range(0, len(losses), k)]
+        ax_t.plot([i + k for i in range(0, len(losses), k)], smooth, label=s["recipe"])
+        ax_v.plot([m["step"] for m in s["metrics"]], [m["val_loss"] for m in s["metrics"]], "o-", label=s["recipe"])
+    for ax, title in ((ax_t, "training loss (smoothed)"), (ax_v, "validation loss")):
+        ax.set_xlabel("step")
+        ax.set_ylabel("nats/byte")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":

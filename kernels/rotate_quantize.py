@@ -250,7 +250,7 @@ def quantize_kernel(
     val_max,
     RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
     SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, HAS_U: tl.constexpr, WRITE_MASK: tl.constexpr, CORR: tl.constexpr, WRITE_PACKED: tl.constexpr, VALUES: tl.constexpr,
-    HW_CVT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -352,13 +352,15 @@ def quantize_kernel(
         e_r = tl.load(er_ptr + rows, mask=rows < R, other=_NO_ROW_EXP)
         e_r = tl.where(e_r == _NO_ROW_EXP, 6, e_r)  # a row without a live group: row scale 1
         shift = tl.minimum(tl.maximum(e - e_r[:, None] + 6, -13), 6)  # below -13 every value rounds to 0
-        mag8 = tl.reshape(tl.reshape(q, (BLOCK_R, NG, GROUP)) * _pow2(shift)[:, :, None], (BLOCK_R, BLOCK_K))
-        if HW_CVT:  # the GPU's cvt.rn.satfinite to e4m3: exact for shift >= -8, RNE below (as torch's cast)
-            v8 = mag8.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
-        else:  # the interpreter's conversion is not RNE at binade carries: integer arithmetic instead
-            _, v8 = _e4m3_rn(mag8)
-        v8 = v8 | ((codes >> 3) << 7)  # the code's sign bit, -0 included
-        v8 = tl.reshape(tl.where(bad[:, :, None], 0x7F, tl.reshape(v8, (BLOCK_R, NG, GROUP))), (BLOCK_R, BLOCK_K))
+        # per-group quantities reach the elements by broadcast + reshape; every elementwise operand below is 2-D
+        scale2 = tl.reshape(tl.broadcast_to(_pow2(shift)[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
+        bad2 = tl.reshape(tl.broadcast_to(bad[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
+        mag8 = q * scale2
+        # E4M3 bytes in integer arithmetic (exact for shift >= -8, RNE below, as torch's cast). Not Triton's
+        # fp32 -> float8e4nv conversion: on sm_90 (Triton 3.6) it returned the wrong element's byte for some
+        # layouts (transposed loads, tl.rand tiles), measured by tests/kernels/test_fold_kernels.py on an H200.
+        _, v8 = _e4m3_rn(mag8)
+        v8 = tl.where(bad2, 0x7F, v8 | (((codes >> 3) & 1) << 7))  # the code's sign bit, -0 included; NaN groups
         tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v8.to(tl.uint8), mask=row_ok)
         nonzero = (tl.max(tl.reshape(codes & 7, (BLOCK_R, NG, GROUP)), axis=2) > 0) & ~bad
         unfoldable = tl.sum(tl.sum((nonzero & (e < e_r[:, None] - 14) & row_ok).to(tl.int32), axis=1), axis=0)
@@ -367,8 +369,8 @@ def quantize_kernel(
             tl.store(rs_ptr + rows, _pow2(e_r - 6), mask=rows < R)
     elif VALUES == 2:  # NVFP4 as exact BF16 q * s8 (twin: hopper_gemm.nvfp4_to_bf16)
         s8 = tl.where(byte == 0x7F, float("nan"), _e4m3_from_byte(byte))
-        v = tl.reshape(tl.reshape(q, (BLOCK_R, NG, GROUP)) * s8[:, :, None], (BLOCK_R, BLOCK_K))
-        v = (v.to(tl.int32, bitcast=True) | ((codes >> 3) << 31)).to(tl.float32, bitcast=True)  # sign as a bit
+        v = q * tl.reshape(tl.broadcast_to(s8[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))  # 2-D, as above
+        v = (v.to(tl.int32, bitcast=True) | (((codes >> 3) & 1) << 31)).to(tl.float32, bitcast=True)  # sign as a bit
         tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v.to(tl.bfloat16), mask=row_ok)
     if WRITE_PACKED:
         # --- write: packed codes [R, K_OUT/2], scales [R, K_OUT/GROUP], mask bits [R, K_OUT/8]
@@ -437,7 +439,6 @@ def supports(quantizer: Quantizer) -> bool:
 # No FMA contraction: a*b + c must round twice, as in the reference (e.g. QuEST's 0.487 * std + 1e-8 * p).
 # The interpreter takes no compile options.
 _NO_FMA = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"enable_fp_fusion": False}
-_HW_CVT = os.environ.get("TRITON_INTERPRET") != "1"  # hardware FP8 conversion when compiled for a GPU
 
 
 def _block_k(k_out: int, minimum: int) -> int:
@@ -637,7 +638,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         out_values, e_r, row_scale, count,
         r, k, k_out, int(seed) & 0x7FFFFFFF, rule.val_max,
         RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
-        WRITE_PACKED=keep_packed, VALUES=values, HW_CVT=_HW_CVT, **common, **_NO_FMA,
+        WRITE_PACKED=keep_packed, VALUES=values, **common, **_NO_FMA,
     )
     # alpha = tensor scale * factor, formed as the reference forms it (float32); MXFP4's tensor scale is 1, so
     # its alpha is the factor alone, kept on the host (a 0-dim CPU tensor: no kernel, no copy)
