@@ -6,9 +6,10 @@ torchao float8 training (row-wise and tensor-wise), all measured in one run on t
     python examples/bench_train.py --size 125m --steps 5 --warmup 2  # a quick run
     python examples/bench_train.py --recipes quartet --float8 rowwise --batch 8 --json bench_train.json
 
-Every config builds the same BF16 model (same init), compiles it (fp4compile: ``torch.compile(model,
-backend="quartet", options={"recipe": r})``; torchao: ``convert_to_float8_training`` on every linear but
-``lm_head``, then ``torch.compile``), runs ``--warmup`` steps (compilation and autotuning happen there), then
+Every config builds the same BF16 model (same init), compiles each transformer block as torchtitan does (one
+block graph serves every layer; ``--whole-model`` compiles the whole model instead) with Inductor (BF16),
+``backend="quartet", options={"recipe": r}`` (fp4compile), or Inductor after ``convert_to_float8_training``
+on every linear but ``lm_head`` (torchao); the embedding, final norm, head and loss run eagerly. It runs ``--warmup`` steps (compilation and autotuning happen there), then
 times ``--steps`` steps on random tokens. Peak memory is ``torch.cuda.max_memory_allocated`` over the timed
 steps (weights, gradients, AdamW state and activations). The last lines printed are a markdown table.
 A config that runs out of memory says OOM; torchao's rows say n/a when it is not installed. Every config
@@ -20,6 +21,7 @@ smoke-tests the script: FP32, no memory figures, no torchao).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import sys
@@ -39,7 +41,17 @@ from examples.train import SIZES, build_model, count_params
 GiB = 1 << 30
 
 
-def _float8(kind: str):
+def _per_block(model: torch.nn.Module, compile_fn, whole: bool) -> torch.nn.Module:
+    """``compile_fn`` on the whole model, or (``whole=False``, as torchtitan does) on each transformer block,
+    which compiles one block graph for all layers: far faster to compile a 1B model."""
+    if whole:
+        return compile_fn(model)
+    for name, block in model.layers.named_children():
+        model.layers.register_module(name, compile_fn(block))
+    return model
+
+
+def _float8(kind: str, whole: bool):
     """A config maker for torchao float8 training (``rowwise`` or ``tensorwise``), or None without torchao."""
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
@@ -48,18 +60,19 @@ def _float8(kind: str):
 
     def make(model: torch.nn.Module) -> torch.nn.Module:
         convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(kind), module_filter_fn=lambda mod, fqn: fqn != "lm_head")
-        return torch.compile(model)
+        return _per_block(model, torch.compile, whole)
 
     return make
 
 
-def configs(recipes: list[str], float8: list[str], device: str) -> list[tuple[str, object]]:
+def configs(recipes: list[str], float8: list[str], device: str, whole: bool = False) -> list[tuple[str, object]]:
     """(name, maker) per config, BF16 first; a maker turns the model into the callable to train (None: n/a)."""
-    rows: list[tuple[str, object]] = [("bf16 inductor", torch.compile)]
+    rows: list[tuple[str, object]] = [("bf16 inductor", lambda model: _per_block(model, torch.compile, whole))]
     for kind in float8:
-        rows.append((f"torchao float8 {kind}", _float8(kind) if device == "cuda" else None))
+        rows.append((f"torchao float8 {kind}", _float8(kind, whole) if device == "cuda" else None))
     for r in recipes:
-        rows.append((f"fp4compile {r}", lambda model, r=r: torch.compile(model, backend="quartet", options={"recipe": r})))
+        quartet = functools.partial(torch.compile, backend="quartet", options={"recipe": r})
+        rows.append((f"fp4compile {r}", lambda model, q=quartet: _per_block(model, q, whole)))
     return rows
 
 
@@ -94,7 +107,7 @@ def measure(make, args) -> tuple[float, int | None]:
 
 def run_all(args) -> list[dict]:
     results = []
-    for name, make in configs(args.recipes, args.float8, args.device):
+    for name, make in configs(args.recipes, args.float8, args.device, args.whole_model):
         row = {"config": name, "tokens_per_s": None, "peak_bytes": None, "status": "ok"}
         if make is None:
             row["status"] = "n/a"
@@ -146,6 +159,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke test of the script only")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+    p.add_argument("--whole-model", action="store_true", help="compile the whole model, not each block (slow to compile at 1B)")
     args = p.parse_args(argv)
     args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     args.float8 = [r.strip() for r in args.float8.split(",") if r.strip()]
