@@ -3,7 +3,9 @@
 ``explain(model, *inputs, **options)`` compiles the model with the ``quartet`` backend, runs one forward
 and backward (the backward graph compiles lazily, at the first backward), and returns a
 :class:`Report`: one row per GEMM site (module, role, shape, quantizers, kernel, or the reason it stayed
-in high precision), the graphs before and after the rewrite, counters, and the bytes the backward keeps
+in high precision), the layout plan of every quantized operand (what its kernel reads, along which axis,
+in which form for which GEMM, padding, the copy saved for the backward), the MXFP4 groups folded into FP8
+(and those not exact), the graphs before and after the rewrite, counters, and the bytes the backward keeps
 against the same model compiled with the ``bf16`` control recipe (measured, not estimated). The model's
 parameters and their ``.grad`` are left as they were.
 
@@ -40,6 +42,7 @@ class Report:
     recipe: str
     records: list[GraphRecord]
     baseline: list[GraphRecord] = field(default_factory=list)
+    fold_stats: dict[str, int] = field(default_factory=dict)  # MXFP4 -> FP8 folds during the run (Hopper GEMMs)
 
     @property
     def sites(self) -> list[MatmulSite]:
@@ -89,6 +92,18 @@ class Report:
         """Per quantized linear: bytes kept of its input x / bytes of x in BF16."""
         return {s.key: s.bytes_saved_input / s.bytes_bf16_input for s in self.sites if s.bytes_saved_input is not None and s.bytes_bf16_input}
 
+    def layout(self) -> dict[tuple, list[str]]:
+        """The layout plan (lowering/layout_plan.py): each distinct set of operand plans -> the linears that use it."""
+        plans: dict[str, list] = {}
+        for s in self.sites:
+            if s.quantized and s.layout:
+                plans.setdefault(s.key or s.name, []).extend(s.layout)
+        groups: dict[tuple, list[str]] = {}
+        for key, ops in plans.items():
+            order = {"output": 0, "grad_input": 1, "grad_weight": 2}
+            groups.setdefault(tuple(sorted(set(ops), key=lambda p: (order[p.gemm], p.operand))), []).append(key)
+        return groups
+
     def table(self) -> str:
         rows = [("module", "role", "shape", "fp4", "quantizers / reason", "kernel")]
         order = {}
@@ -118,6 +133,12 @@ class Report:
         parts.append(saved)
         for key, ratio in self.input_ratios().items():
             parts.append(f"  input of {key}: the backward reads {ratio:.3f}x of its BF16 size")
+        for plans, keys in self.layout().items():
+            parts.append(f"layout plan ({len(keys)} linear{'s' if len(keys) > 1 else ''}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}):")
+            parts += [f"  {p.describe()}" for p in plans]
+        if self.fold_stats.get("groups"):
+            parts.append(f"MXFP4 groups folded into FP8: {self.fold_stats['groups']:,}, of which not exact (over 14 binades below "
+                         f"their row's largest): {self.fold_stats['unfoldable_groups']:,}")
         return "\n".join(parts)
 
     __repr__ = __str__
@@ -140,14 +161,18 @@ def _run_once(model: torch.nn.Module, inputs, options: dict) -> list[GraphRecord
 
 def explain(model: torch.nn.Module, *example_inputs, baseline: bool = True, **options) -> Report:
     """Compile ``model`` with the backend under ``options``, run it once forward and backward, report."""
+    from fp4compile.lowering import hopper_gemm
     from fp4compile.options import parse_options
 
     opts = parse_options(options)
+    before = hopper_gemm.fold_stats()
     records = _run_once(model, example_inputs, options)
+    after = hopper_gemm.fold_stats()
+    folds = {k: after[k] - before[k] for k in after}
     base = []
     if baseline and opts.recipe.quantized:
         base = _run_once(model, example_inputs, {**options, "recipe": "bf16", "dump_dir": None})
-    return Report(opts.recipe.name, records, base)
+    return Report(opts.recipe.name, records, base, folds)
 
 
 # ------------------------------------------------------------------------------------------------

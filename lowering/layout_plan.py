@@ -53,7 +53,12 @@ class OperandPlan:
 
     def describe(self) -> str:
         extra = " + packed (saved)" if self.keep_packed and self.form is not Form.PACKED else ""
-        pad = f", pad {self.axis} to x{self.pad_to}" if self.pad_to > 1 else ""
+        if self.pad_to <= 1:
+            pad = ""
+        elif self.gemm == "output":  # the forward's K must fit the groups (apply_policy skips a layer where it does not)
+            pad = f" ({self.axis} a multiple of {self.pad_to})"
+        else:  # the backward's inner dimensions are zero-padded, which is exact
+            pad = f", {self.axis} zero-padded to a multiple of {self.pad_to}"
         return f"{self.gemm}.{self.operand}: {self.source} along {self.axis} -> {self.form.value}{extra}{pad}"
 
 
