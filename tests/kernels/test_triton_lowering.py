@@ -54,3 +54,35 @@ def test_triton_ops_match_reference_ops(recipe):
     print(recipe, {key: round(v, 1) for key, v in sq.items()})
     assert sq["output"] > 60  # same FP4 values; only the GEMM's accumulation differs
     assert sq["grad_input"] > FLOORS[recipe] and sq["grad_weight"] > FLOORS[recipe]
+
+
+def test_epilogue_fallback_equals_the_kernel():
+    """Widths the epilogue kernel does not take (not a multiple of 32) run the same steps in torch: alpha
+    (device or host), mask, inverse rotation, cast."""
+    from fp4compile import formats
+    from fp4compile.lowering import triton_ops
+    from fp4compile.rotations import parse_rotation
+
+    torch.manual_seed(3)
+    rot = parse_rotation("hadamard-16")
+    inverse = triton_ops._matrix(rot, 0, torch.device(DEV), inverse=True)
+    acc = torch.randn(24, 96, device=DEV)
+    mask = formats.pack_bits(torch.rand(24, 96) < 0.8).to(DEV)
+    for alpha in (torch.tensor(0.75, device=DEV), torch.tensor(1.5)):  # on the device / on the host
+        expected = ((acc * alpha.to(DEV)) * formats.unpack_bits(mask.cpu()).to(DEV)).cpu()
+        expected = rot.undo(expected).to(torch.bfloat16)
+        kernel = triton_ops._epilogue(acc, alpha, mask, inverse, torch.bfloat16).cpu()
+        assert (kernel.float() - expected.float()).abs().max() <= 2**-7 * expected.float().abs().max()
+        narrow = triton_ops._epilogue(acc[:, :80], alpha, None, None, torch.bfloat16).cpu()  # 80: the torch path
+        assert torch.equal(narrow, (acc[:, :80].cpu() * alpha.cpu()).to(torch.bfloat16))
+
+
+def test_rotation_draws_are_cached_per_seed():
+    from fp4compile.lowering import triton_ops
+    from fp4compile.rotations import parse_rotation
+
+    rot, dev = parse_rotation("random_hadamard-32"), torch.device(DEV)
+    a, b, c = triton_ops._matrix(rot, 5, dev), triton_ops._matrix(rot, 5, dev), triton_ops._matrix(rot, 6, dev)
+    assert a is b and not torch.equal(a.h.cpu(), c.h.cpu())
+    assert torch.equal(a.h.cpu() * a.scale, rot.matrix(5))  # +-1 entries times 1/sqrt(32): the reference's matrix
+    assert triton_ops._matrix(parse_rotation("none"), 5, dev) is None
