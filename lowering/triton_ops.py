@@ -117,16 +117,21 @@ def output_gemm(xq: Operand, wq: Operand, out_dtype: torch.dtype) -> torch.Tenso
     return _epilogue(acc, alpha, None, None, out_dtype)
 
 
-def _epilogue(acc: torch.Tensor, alpha, mask: torch.Tensor | None, inverse: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
-    """``((acc * alpha * mask) @ blockdiag(M^T)).to(out_dtype)`` in one kernel pass when the width allows."""
+def _epilogue(acc: torch.Tensor, alpha, mask: torch.Tensor | None, inverse: PreparedRotation | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """``((acc * alpha * mask) @ blockdiag(M^T)).to(out_dtype)`` in one kernel pass when the width allows.
+
+    ``alpha``: None (applied already), 1.0 (operands without one), a device scalar tensor (read by the kernel),
+    or a host scalar (MXFP4 factors: multiplied here as a scalar argument, no host-to-device copy).
+    """
+    if isinstance(alpha, float) and alpha == 1.0:
+        alpha = None
     if alpha is not None and not (isinstance(alpha, torch.Tensor) and alpha.device == acc.device):
-        acc, alpha = acc * alpha, None  # a host-side alpha (MXFP4 factors): a scalar argument, no copy
+        acc, alpha = acc * alpha, None
     if mask is None and inverse is None and alpha is None:
         return acc.to(out_dtype)
-    alpha_t = alpha
     if supports_width(acc.shape[-1], inverse):
-        return mask_rotate_cast(acc, mask, inverse, out_dtype, alpha=alpha_t)
-    g = acc if alpha_t is None else acc * alpha_t  # widths the kernel does not take: torch ops, same order
+        return mask_rotate_cast(acc, mask, inverse, out_dtype, alpha=alpha)
+    g = acc if alpha is None else acc * alpha  # widths the kernel does not take: torch ops, same order
     if mask is not None:
         g = g * formats.unpack_bits(mask)[..., : g.shape[-1]]
     if inverse is not None:
