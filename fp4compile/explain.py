@@ -98,9 +98,9 @@ class Report:
         for s in self.sites:
             if s.quantized and s.layout:
                 plans.setdefault(s.key or s.name, []).extend(s.layout)
+        order = {"output": 0, "grad_input": 1, "grad_weight": 2}
         groups: dict[tuple, list[str]] = {}
         for key, ops in plans.items():
-            order = {"output": 0, "grad_input": 1, "grad_weight": 2}
             groups.setdefault(tuple(sorted(set(ops), key=lambda p: (order[p.gemm], p.operand))), []).append(key)
         return groups
 

@@ -401,7 +401,7 @@ from typing import NamedTuple  # noqa: E402
 
 import torch  # noqa: E402
 
-from fp4compile.lowering.hopper_gemm import _record, unfoldable_counter  # noqa: E402
+from fp4compile.lowering.hopper_gemm import record_folds, unfoldable_counter  # noqa: E402
 from fp4compile.quantized import GemmValues, QuantizedTensor, ScaleFormat  # noqa: E402
 from fp4compile.quantizers import Quantizer  # noqa: E402
 from fp4compile.reference.nvfp4 import EDEN_VAL_MAX, SR_VAL_MAX  # noqa: E402
@@ -531,8 +531,9 @@ def quantize(
 ) -> tuple[QuantizedTensor, torch.Tensor | None]:
     """Rotate and quantize along the last axis of ``x`` (or of ``x^T`` with ``transpose``) in one pass.
 
-    ``x`` is a dense 2-D tensor, or a QuantizedTensor ``[Kq, R]`` that is dequantized on load and read
-    transposed (always: it is the backward's re-quantization of a forward-quantized operand).
+    ``x`` is a dense 2-D tensor, or a QuantizedTensor ``[Kq, R]`` (the backward's re-quantization of a
+    forward-quantized operand) whose exact BF16 block values are written first (kernels/fold.py) and read
+    transposed, times its tensor scale and factor.
     ``rotation`` is the G x G matrix the reference would use (or None): built on the CPU it costs no host
     sync. The quantization axis is zero-padded to a multiple of ``pad_to``. ``uniforms`` (element, scale)
     replaces the kernel's counter-based draws with given ones (tests). Returns the quantized tensor and
@@ -592,7 +593,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     device, dense = x.device, x
     dtype = torch.float32 if scaled else x.dtype  # the scaled tile is float32: rotate it at FP32 precision
     if not scaled:
-        alpha_src = device_constant(1.0, device)
+        alpha_src = placeholder(torch.float32, device)  # read only with SCALED
     group = quantizer.group_size
     g = rotation_size(rotation)
     multiple = math.lcm(group, g or 1, 16, pad_to)
@@ -646,7 +647,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     q = QuantizedTensor(codes, scales, quantizer.scale_format, group, s32.reshape(()), quantizer.factor) if keep_packed else None
     gemm = None
     if values == 1:
-        _record(r * (k_out // group))
+        record_folds(r * (k_out // group))
         gemm = GemmValues(out_values.view(torch.float8_e4m3fn), row_scale, alpha)
     elif values == 2:
         gemm = GemmValues(out_values, None, alpha)

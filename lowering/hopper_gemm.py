@@ -100,7 +100,7 @@ def reset_fold_stats() -> None:
         counter.zero_()
 
 
-def _record(groups: int, unfoldable: torch.Tensor | None = None) -> None:
+def record_folds(groups: int, unfoldable: torch.Tensor | None = None) -> None:
     """Count ``groups`` folded; add ``unfoldable`` (a device count) unless the kernel added it itself."""
     _GROUPS[0] += groups
     if unfoldable is not None:
@@ -182,7 +182,7 @@ def _fold(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> tuple[t
     a8 = _fp8_table(codes.device)[index].view(torch.uint8).reshape(m, -1).view(torch.float8_e4m3fn)  # [M, K]
     row_scale = _pow2(e_r - FP8_HEADROOM)  # [M, 1] f32
     unfoldable = (nonzero & (e_g < e_r - FOLD_WINDOW)).sum()  # 0-dim int64
-    _record(scales.numel(), unfoldable)
+    record_folds(scales.numel(), unfoldable)
     return a8, row_scale, unfoldable
 
 
@@ -307,7 +307,7 @@ def _fold_any(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> tup
         from fp4compile.kernels.fold import fold_mxfp4_fp8 as fold_kernel
 
         a8, e_r, count = fold_kernel(codes, scales, group_size)
-        _record(scales.numel(), count.sum())
+        record_folds(scales.numel(), count.sum())
         return a8, _pow2(e_r - FP8_HEADROOM)
     a8, row_scale, _ = _fold(codes, scales, group_size)
     return a8, row_scale
