@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--out", default="runs/accuracy")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cudagraphs", action="store_true", help="every recipe (bf16 included) replays its steps as CUDA graphs")
     p.add_argument("--plot", default=None, help="also draw every recipe's loss curves into this PNG")
     p.add_argument("--table", default=None, help="also write the markdown table (and the ordering checks) to this file")
     args = p.parse_args(argv)
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"accuracy benchmark: {args.size} ({params / 1e6:.1f}M parameters), {steps} steps x {args.batch} x {args.seq} bytes "
           f"= {steps * args.batch * args.seq / params:.1f} tokens per parameter")
     summaries = train.main(["--size", args.size, "--compare", ",".join(recipes), "--steps", str(steps), "--batch", str(args.batch),
-                            "--seq", str(args.seq), "--eval-every", str(max(1, steps // 4)), "--out", args.out, "--seed", str(args.seed)])
+                            "--seq", str(args.seq), "--eval-every", str(max(1, steps // 4)), "--out", args.out, "--seed", str(args.seed)]
+                            + (["--cudagraphs"] if args.cudagraphs else []))
     base = next(s for s in summaries if s["recipe"] == "bf16")["val_loss"]
     gaps = {s["recipe"]: s["val_loss"] - base for s in summaries if s["recipe"] != "bf16"}
     lines = ["| recipe | val loss (nats/byte) | bits/byte | gap to bf16 | papers' gap | tokens/s |", "|---|---|---|---|---|---|"]

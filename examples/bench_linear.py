@@ -50,10 +50,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=16384)
     p.add_argument("--recipes", default="quartet,quartet2,nvidia")
+    p.add_argument("--cudagraphs", action="store_true", help="the recipes replay CUDA graphs (option 'cudagraphs'); adds BF16 with CUDA graphs")
     args = p.parse_args()
     recipes = args.recipes.split(",")
-    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, tokens {args.tokens}; times in ms (fwd+bwd), speed-up vs BF16")
-    head = ["shape", "bf16"] + ["f8 rowwise", "f8 tensorwise"] + recipes
+    graphs = " (fp4compile with CUDA graphs)" if args.cudagraphs else ""
+    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, tokens {args.tokens}{graphs}; times in ms (fwd+bwd), speed-up vs BF16")
+    head = ["shape", "bf16"] + (["bf16 cudagraphs"] if args.cudagraphs else []) + ["f8 rowwise", "f8 tensorwise"] + recipes
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for label, k, n in SHAPES:
         torch._dynamo.reset()
@@ -62,11 +64,14 @@ def main() -> None:
         base = nn.Linear(k, n, bias=False).cuda().bfloat16()
         bf16 = _time(torch.compile(base), x, g)
         cells = [f"{label} {k}->{n}", f"{bf16:.3f}"]
+        if args.cudagraphs:
+            t = _time(torch.compile(base, mode="reduce-overhead"), x, g)
+            cells.append(f"{t:.3f} ({bf16 / t:.2f}x)")
         for kind in ("rowwise", "tensorwise"):
             m = _torchao(kind, k, n)
             cells.append("n/a" if m is None else f"{(t := _time(m, x, g)):.3f} ({bf16 / t:.2f}x)")
         for recipe in recipes:
-            m = torch.compile(base, backend="quartet", options={"recipe": recipe, "kernels": "triton", "skip": []})
+            m = torch.compile(base, backend="quartet", options={"recipe": recipe, "kernels": "triton", "skip": [], "cudagraphs": args.cudagraphs})
             t = _time(m, x, g)
             cells.append(f"{t:.3f} ({bf16 / t:.2f}x)")
         print("| " + " | ".join(cells) + " |", flush=True)

@@ -65,14 +65,20 @@ def _float8(kind: str, whole: bool):
     return make
 
 
-def configs(recipes: list[str], float8: list[str], device: str, whole: bool = False) -> list[tuple[str, object]]:
-    """(name, maker) per config, BF16 first; a maker turns the model into the callable to train (None: n/a)."""
+def configs(recipes: list[str], float8: list[str], device: str, whole: bool = False, cudagraphs: bool = False) -> list[tuple[str, object]]:
+    """(name, maker) per config, BF16 first; a maker turns the model into the callable to train (None: n/a).
+
+    With ``cudagraphs`` the fp4compile rows replay CUDA graphs, and BF16 is measured both ways
+    (Inductor's ``mode="reduce-overhead"`` is its CUDA-graph setting)."""
     rows: list[tuple[str, object]] = [("bf16 inductor", lambda model: _per_block(model, torch.compile, whole))]
+    if cudagraphs:
+        graphed = functools.partial(torch.compile, mode="reduce-overhead")
+        rows.append(("bf16 inductor cudagraphs", lambda model: _per_block(model, graphed, whole)))
     for kind in float8:
         rows.append((f"torchao float8 {kind}", _float8(kind, whole) if device == "cuda" else None))
     for r in recipes:
-        quartet = functools.partial(torch.compile, backend="quartet", options={"recipe": r})
-        rows.append((f"fp4compile {r}", lambda model, q=quartet: _per_block(model, q, whole)))
+        quartet = functools.partial(torch.compile, backend="quartet", options={"recipe": r, "cudagraphs": cudagraphs})
+        rows.append((f"fp4compile {r}" + (" cudagraphs" if cudagraphs else ""), lambda model, q=quartet: _per_block(model, q, whole)))
     return rows
 
 
@@ -107,7 +113,7 @@ def measure(make, args) -> tuple[float, int | None]:
 
 def run_all(args) -> list[dict]:
     results = []
-    for name, make in configs(args.recipes, args.float8, args.device, args.whole_model):
+    for name, make in configs(args.recipes, args.float8, args.device, args.whole_model, args.cudagraphs):
         row = {"config": name, "tokens_per_s": None, "peak_bytes": None, "status": "ok"}
         if make is None:
             row["status"] = "n/a"
@@ -159,6 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke test of the script only")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+    p.add_argument("--cudagraphs", action="store_true", help="fp4compile rows replay CUDA graphs; adds a BF16 row with CUDA graphs")
     p.add_argument("--whole-model", action="store_true", help="compile the whole model, not each block (slow to compile at 1B)")
     args = p.parse_args(argv)
     args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]

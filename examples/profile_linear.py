@@ -46,6 +46,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=16384)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--cudagraphs", action="store_true", help="replay the step as CUDA graphs (option 'cudagraphs'; BF16: mode reduce-overhead)")
     p.add_argument("--host", type=int, default=0, help="also print the N Python functions with the most host time per step (cProfile)")
     args = p.parse_args()
 
@@ -53,9 +54,9 @@ def main() -> None:
     g = torch.randn(args.tokens, args.n, device="cuda", dtype=torch.bfloat16)
     base = nn.Linear(args.k, args.n, bias=False).cuda().bfloat16()
     if args.recipe == "bf16-inductor":
-        model = torch.compile(base)
+        model = torch.compile(base, mode="reduce-overhead" if args.cudagraphs else None)
     else:
-        model = torch.compile(base, backend="quartet", options={"recipe": args.recipe, "kernels": "triton", "skip": []})
+        model = torch.compile(base, backend="quartet", options={"recipe": args.recipe, "kernels": "triton", "skip": [], "cudagraphs": args.cudagraphs})
 
     def step():
         x.grad = None

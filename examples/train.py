@@ -318,7 +318,7 @@ def train_one(recipe: str, args, data: tuple[torch.Tensor, torch.Tensor] | None 
 
     # The backend counts steps per compiled graph from 0; a resumed run gets a fresh base seed instead.
     compile_seed = args.seed if start_step == 0 else derive_seed(args.seed, "resume", start_step) & 0x7FFFFFFF
-    options = {"recipe": recipe, "seed": compile_seed}
+    options = {"recipe": recipe, "seed": compile_seed, "cudagraphs": args.cudagraphs}
     if args.fsdp:  # before the optimizer is built: FSDP2 replaces the parameters by sharded ones
         mesh = None
         if world > 1:  # explicit: fully_shard's default mesh is on CUDA whenever there is a GPU, even for --device cpu
@@ -460,6 +460,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 under torchrun (fully_shard per block, each block compiled on its own)")
+    p.add_argument("--cudagraphs", action="store_true", help="replay the compiled steps as CUDA graphs (backend option 'cudagraphs'; CUDA only)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16 on cuda, fp32 on cpu")
     args = p.parse_args(argv)
 

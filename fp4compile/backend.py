@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import os
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
-from fp4compile.lowering.select import check_target
+from fp4compile.lowering.select import check_target, cudagraph_blocker
 from fp4compile.options import Options, parse_options
 from fp4compile.passes.context import PassContext, placeholder_param_names
 from fp4compile.passes.pipeline import pipeline_key, run_pipeline
@@ -134,6 +135,8 @@ def quartet_backend(gm: fx.GraphModule, example_inputs, options: dict | None = N
         raise TypeError(f"fp4compile's backend got unexpected arguments {sorted(unused)}; pass settings in options={{...}}")
     opts = parse_options(options)
     check_target(opts.kernels)
+    if opts.cudagraphs and not opts.inductor:
+        raise ValueError("options['cudagraphs']=True needs Inductor (it captures Inductor's compiled graphs); drop 'inductor': False or 'cudagraphs'")
     state = next(_STATES)
     record = GraphRecord(state=state, options=opts)
     dynamo_params = _dynamo_param_names(gm)
@@ -160,7 +163,7 @@ def quartet_backend(gm: fx.GraphModule, example_inputs, options: dict | None = N
     for records in _RECORDERS:
         records.append(record)
     if opts.inductor:
-        compiled = _compile_inductor(gm, example_inputs, opts, state, joint_pass, keep, mode)
+        compiled = _compile_inductor(gm, example_inputs, opts, state, joint_pass, keep, mode, record)
     else:
         compiled = _compile_eager(gm, example_inputs, joint_pass, keep)
     return compiled
@@ -171,17 +174,26 @@ def _cache_key(opts: Options, state: int) -> str:
     return "fp4compile-" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _compile_inductor(gm, example_inputs, opts: Options, state: int, joint_pass, keep, mode: str | None):
+def _compile_inductor(gm, example_inputs, opts: Options, state: int, joint_pass, keep, mode: str | None, record: GraphRecord):
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
 
     def inner_compile(graph: fx.GraphModule, inputs, **kwargs):
         kind = "backward" if kwargs.get("is_backward") else "inference" if kwargs.get("is_inference") else "forward"
         keep(kind, graph)
+        cudagraphs = kwargs.get("cudagraphs")
+        if cudagraphs is not None and cudagraphs.value:
+            blocker = cudagraph_blocker(opts, record.sites)
+            if blocker is not None:  # Inductor's own switch for this graph (and the rest of this compile)
+                record.counters["cudagraphs_off"] += 1
+                warnings.warn(f"fp4compile: options['cudagraphs'] is off for this graph: {blocker}", stacklevel=2)
+                cudagraphs.value = False
         return compile_fx_inner(graph, inputs, **kwargs)
 
     patches = {"joint_custom_pre_pass": _make_custom_pass(joint_pass, _cache_key(opts, state))}
     if mode is not None and mode != "default":
         patches.update(torch._inductor.list_mode_options(mode))
+    if opts.cudagraphs:
+        patches["triton.cudagraphs"] = True
     # The AOTAutograd cache would skip the joint pass on a hit (and so the records and the step
     # counters of this graph); Inductor's FX graph cache stays on: it is keyed on the rewritten graphs.
     with torch._functorch.config.patch(enable_autograd_cache=False):

@@ -2,10 +2,11 @@
 
 Per quantized linear layer ``y = x W^T`` (x ``[T, K]``, W ``[N, K]``, E = dL/dy ``[T, N]``):
 
-* ``step_seed(anchor, base_seed, site, state) -> int64 scalar (CPU)``: the seed of this call of this
-  layer, ``derive(base_seed, site, step)``, where ``step`` counts the calls of the compiled graph.
-  It has a side effect (the count), so every call site gets its own ``site`` key (identical calls
-  would be merged by common-subexpression elimination).
+* ``step_seed(anchor, base_seed, site, state) -> int64 scalar on anchor's device``: the seed of this call
+  of this layer, ``seeds.step_seed(base_seed, site, step)``, where ``step`` counts the calls of the compiled
+  graph in a counter on the device (no host sync; CUDA-graph replays count too). It has a side effect
+  (the count), so every call site gets its own ``site`` key (identical calls would be merged by
+  common-subexpression elimination).
 * ``quantize(t, recipe, operand, seed, fallback_seed, kernel, form) -> (codes, scales, tensor_scale, mask,
   values, row_scale)``: the output GEMM's rotation and quantizer for ``operand`` ("input" or "weight"),
   along the last dim. ``mask`` is the trust mask packed one bit per element, or an empty tensor. ``form``
@@ -26,19 +27,25 @@ from __future__ import annotations
 
 import torch
 
-from fp4compile import formats
+from fp4compile import formats, persistent
 from fp4compile.config import Recipe, get_recipe
 from fp4compile.quantized import GemmValues, QuantizedTensor
 from fp4compile.quantizers import get_quantizer
 from fp4compile.reference import linear as ref
-from fp4compile.seeds import derive_seed
+from fp4compile.seeds import STEP_STRIDE, DeviceSeed, Seed, step_key, sub_seed
 
 Tensor = torch.Tensor
-_STEPS: dict[tuple[int, str], int] = {}
+_STEPS: dict[tuple[int, str, torch.device], Tensor] = {}  # per call site and device: its step counter
 
 
-def _seed_value(seed: Tensor | None, fallback: int) -> int:
+def _host_seed(seed: Tensor | None, fallback: int) -> int:
+    """The reference's int seed (reads a device seed back: a host sync the reference may take)."""
     return fallback if seed is None else int(seed.item())
+
+
+def _kernel_seed(seed: Tensor | None, fallback: int) -> Seed:
+    """The lowered kernels' seed: the step's device seed as is (no sync), or the host fallback."""
+    return fallback if seed is None else DeviceSeed(seed)
 
 
 def _lowered(kernel: str):
@@ -66,20 +73,30 @@ def _unflatten(recipe: Recipe, quantizer: str | None, codes: Tensor | None, scal
 
 @torch.library.custom_op("fp4compile::step_seed", mutates_args=())
 def step_seed(anchor: Tensor, base_seed: int, site: str, state: int) -> Tensor:
-    step = _STEPS.get((state, site), 0)
-    _STEPS[(state, site)] = step + 1
-    return torch.tensor(ref.step_seed(base_seed, site, step), dtype=torch.int64)
+    # seed = key(base_seed, site) + step * STRIDE, formed from a counter on anchor's device (no host
+    # sync; a CUDA graph replay increments the counter too, so every replay draws fresh randomness)
+    counter = _counter(state, site, anchor.device)
+    seed = counter * STEP_STRIDE + step_key(base_seed, site)
+    counter.add_(1)
+    return seed.reshape(())
 
 
 @step_seed.register_fake
 def _(anchor, base_seed, site, state):
-    return torch.empty((), dtype=torch.int64, device="cpu")
+    return torch.empty((), dtype=torch.int64, device=anchor.device)
+
+
+def _counter(state: int, site: str, device: torch.device) -> Tensor:
+    key = (state, site, device)
+    if key not in _STEPS:
+        _STEPS[key] = persistent.make(device, lambda: torch.zeros(1, dtype=torch.int64, device=device))
+    return _STEPS[key]
 
 
 def reset_steps(state: int) -> None:
     """Forget the step counts of one compiled graph (its next call is step 0 again)."""
     for key in [k for k in _STEPS if k[0] == state]:
-        del _STEPS[key]
+        _STEPS[key].zero_()
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,14 +118,14 @@ def quantize(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     _check_form(form)
     r = get_recipe(recipe)
-    s = _seed_value(seed, fallback_seed)
     if (impl := _lowered(kernel)) is not None:
-        return impl.quantize(t, r, operand, s, form)
+        return impl.quantize(t, r, operand, _kernel_seed(seed, fallback_seed), form)
+    s = _host_seed(seed, fallback_seed)
     if form != "packed":
         raise ValueError(f"fp4compile::quantize: the reference lowering writes the packed form only, not {form!r}")
     rot = r.output.rotation
     name = r.output.a if operand == "input" else r.output.b
-    q = get_quantizer(name).quantize(rot.apply(t, ref.rotation_seed(s, "output")), derive_seed(s, "output", operand))
+    q = get_quantizer(name).quantize(rot.apply(t, ref.rotation_seed(s, "output")), sub_seed(s, "output", operand))
     empty = torch.empty(0, dtype=torch.uint8, device=t.device)
     mask = formats.pack_bits(q.mask) if q.mask is not None else empty
     return q.codes, q.scales, q.tensor_scale.reshape(()).float(), mask, empty.clone(), empty.clone()
@@ -182,10 +199,10 @@ def grad_input(
     r = get_recipe(recipe)
     wq = _unflatten(r, r.output.b, w_codes, w_scales, w_tscale)
     if (impl := _lowered(kernel)) is not None:
-        return impl.grad_input(grad, wq, w_hp, x_mask, k, r, int(seed.item()), out_dtype)
+        return impl.grad_input(grad, wq, w_hp, x_mask, k, r, DeviceSeed(seed), out_dtype)
     mask = None if x_mask is None else formats.unpack_bits(x_mask)
     # === GEMM 2: grad_input = E @ W   [T,N] @ [N,K] -> [T,K]
-    return ref.grad_input(grad, wq, w_hp, mask, r, int(seed.item()), out_dtype)
+    return ref.grad_input(grad, wq, w_hp, mask, r, _host_seed(seed, 0), out_dtype)
 
 
 @grad_input.register_fake
@@ -210,10 +227,10 @@ def grad_weight(
     r = get_recipe(recipe)
     xq = _unflatten(r, r.output.a, x_codes, x_scales, x_tscale)
     if (impl := _lowered(kernel)) is not None:
-        return impl.grad_weight(grad, xq, x_hp, w_mask, k, r, int(seed.item()), out_dtype)
+        return impl.grad_weight(grad, xq, x_hp, w_mask, k, r, DeviceSeed(seed), out_dtype)
     mask = None if w_mask is None else formats.unpack_bits(w_mask)
     # === GEMM 3: grad_weight = E^T @ X   [N,T] @ [T,K] -> [N,K]
-    return ref.grad_weight(grad, xq, x_hp, mask, r, int(seed.item()), out_dtype)
+    return ref.grad_weight(grad, xq, x_hp, mask, r, _host_seed(seed, 0), out_dtype)
 
 
 @grad_weight.register_fake

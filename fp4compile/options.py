@@ -36,10 +36,11 @@ class Options:
     bad_shapes: BadShape = BadShape.SKIP
     debug: bool = False
     dump_dir: str | None = None
+    cudagraphs: bool = False
 
     def key(self) -> str:
         """A stable text of every option, for cache keys."""
-        return repr((self.recipe, self.skip, self.kernels.value, self.seed, self.inductor, self.bad_shapes.value, self.debug))
+        return repr((self.recipe, self.skip, self.kernels.value, self.seed, self.inductor, self.bad_shapes.value, self.debug, self.cudagraphs))
 
 
 _HELP = {
@@ -51,6 +52,8 @@ _HELP = {
     "bad_shapes": "'skip' (default: keep layers whose shape the format cannot take in high precision) or 'error'",
     "debug": "check graph invariants after every pass",
     "dump_dir": "write graphs, the site table and a drawing of each compiled graph to this folder",
+    "cudagraphs": "replay each compiled graph as a CUDA graph (Inductor's cudagraph trees; default False): removes the "
+    "host's launch overhead; needs CUDA and the triton kernels, and is turned off with a warning where they are not",
 }
 
 
@@ -85,7 +88,7 @@ def parse_options(options: Mapping | None) -> Options:
                 kwargs[name] = enum(value)
             except ValueError:
                 raise ValueError(f"option {name!r} must be one of {', '.join(e.value for e in enum)}, got {value!r}") from None
-    for name in ("inductor", "debug"):
+    for name in ("inductor", "debug", "cudagraphs"):
         if name in options:
             value = options.pop(name)
             if not isinstance(value, bool):

@@ -19,11 +19,16 @@ VARIANTS = [
     ("mxfp4_tseng_rtn+RHT32 (saved source) -> fp8", 2, False, 32, 32, "tf32x3", True, False, 1, False),
     ("mxfp4_tseng_sr -> fp8", 2, True, 32, 0, "bf16", False, False, 1, False),
     ("mxfp4_rtn -> packed", 0, False, 32, 0, "bf16", False, False, 0, True),
+    ("mxfp4_quest+H32 -> packed", 1, False, 32, 32, "bf16", False, True, 0, True),
     ("nvfp4_4over6 -> bf16 + packed", 11, False, 16, 0, "bf16", False, False, 2, True),
     ("nvfp4_sr -> bf16", 10, True, 16, 0, "bf16", False, False, 2, False),
     ("nvfp4_ms_eden+RHT128 (saved source) -> bf16", 12, False, 16, 128, "tf32x3", True, False, 2, False),
     ("nvfp4_rtn_16x16 -> bf16 + packed", 13, False, 16, 0, "bf16", False, False, 2, True),
 ]
+# The FP8 form (MXFP4 folded into FP8, VALUES=1) is the Hopper lowering: Blackwell multiplies packed FP4
+# (lowering/blackwell.py), so those variants compile for sm_9x only. (Triton 3.6's sm_100 pipeline also
+# rejects the rotated ones: TritonNvidiaGPUOptimizeTMemLayoutsPass, "parent layout must have at least rank >= 2".)
+HOPPER_ONLY_VALUES = 1
 _SOURCE_TYPES = {"x_ptr": "*bf16", "alpha_ptr": "*fp32", "codes_ptr": "*u8", "scales_ptr": "*u8", "h_ptr": "*fp32", "rot_scale": "fp32"}
 
 
@@ -34,7 +39,7 @@ def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, pr
     constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=scaled, TRANS_LOAD=scaled or sr,
                       HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed, VALUES=values, BLOCK_R=32, BLOCK_K=128)
     types = {**_SOURCE_TYPES, "s32_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32", "mask_ptr": "*u8", "val_max": "fp32",
-             "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "rs_ptr": "*fp32", "count_ptr": "*i64"}
+             "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "rs_ptr": "*fp32", "count_ptr": "*i64", "seed_ptr": "*i64"}
     return _compile(quantize_kernel, constexprs, types, capability)
 
 
@@ -80,6 +85,8 @@ def main(capabilities: list[int]) -> int:
     failed = 0
     for cap in capabilities:
         for name, *args in VARIANTS:
+            if cap >= 100 and args[-2] == HOPPER_ONLY_VALUES:
+                continue
             try:
                 kernel = compile_variant(cap, *args)
                 print(f"sm_{cap} {name}: ok ({len(kernel.asm['cubin'])} bytes of cubin)")

@@ -245,7 +245,8 @@ def quantize_kernel(
     h_ptr, rot_scale, s32_ptr, u_ptr, us_ptr, codes_ptr, scales_ptr, mask_ptr,
     # GEMM-ready values (VALUES = 1: folded FP8 bytes, row exponents in, row scales out, unfoldable count; 2: BF16)
     values_ptr, er_ptr, rs_ptr, count_ptr,
-    R, K, K_OUT, seed,
+    # the seed: seed_ptr[0] ^ seed_salt, low 31 bits (a step's seed on the device; SR and EDEN's scale SR)
+    R, K, K_OUT, seed_ptr, seed_salt,
     # NVFP4 val_max for RTN / EDEN, correction group for EDEN
     val_max,
     RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
@@ -256,6 +257,7 @@ def quantize_kernel(
     pid_k = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    seed = (tl.load(seed_ptr) & 0x7FFFFFFF) ^ seed_salt
     x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
     if G > 0:
         x = _rotate(x, h_ptr, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
@@ -396,15 +398,19 @@ def quantize_kernel(
 import functools  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+from collections import OrderedDict  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
 import torch  # noqa: E402
 
+from fp4compile import persistent  # noqa: E402
 from fp4compile.lowering.hopper_gemm import record_folds, unfoldable_counter  # noqa: E402
 from fp4compile.quantized import GemmValues, QuantizedTensor, ScaleFormat  # noqa: E402
 from fp4compile.quantizers import Quantizer  # noqa: E402
 from fp4compile.reference.nvfp4 import EDEN_VAL_MAX, SR_VAL_MAX  # noqa: E402
+from fp4compile.rotations import Rotation, hadamard_matrix  # noqa: E402
+from fp4compile.seeds import KEY_BITS, DeviceSeed, Seed, random_signs  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -489,26 +495,67 @@ def host_factor(factor: float) -> torch.Tensor:
     return torch.ones((), dtype=torch.float32) * factor
 
 
-_PLACEHOLDERS: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _cached(key: tuple, device: torch.device, build) -> torch.Tensor:
+    """A device tensor kept across calls, allocated outside CUDA-graph pools (fp4compile.persistent)."""
+    key = (*key, torch.device(device))
+    if key not in _CACHE:
+        _CACHE[key] = persistent.make(device, build)
+    return _CACHE[key]
 
 
 def placeholder(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A cached 1-element tensor for a pointer argument the kernel does not touch in this specialisation."""
-    key = (dtype, torch.device(device))
-    if key not in _PLACEHOLDERS:
-        _PLACEHOLDERS[key] = torch.empty(1, dtype=dtype, device=device)
-    return _PLACEHOLDERS[key]
-
-
-_CONSTANTS: dict[tuple[float, torch.device], torch.Tensor] = {}
+    return _cached(("placeholder", dtype), device, lambda: torch.empty(1, dtype=dtype, device=device))
 
 
 def device_constant(value: float, device: torch.device) -> torch.Tensor:
     """A cached float32 one-element tensor on ``device`` (no host-to-device copy per call)."""
-    key = (value, torch.device(device))
-    if key not in _CONSTANTS:
-        _CONSTANTS[key] = torch.tensor([value], dtype=torch.float32, device=device)
-    return _CONSTANTS[key]
+    return _cached(("float32", value), device, lambda: torch.tensor([value], dtype=torch.float32, device=device))
+
+
+_INT_SEEDS: OrderedDict[tuple[int, torch.device], torch.Tensor] = OrderedDict()
+
+
+def kernel_seed(seed: Seed, device: torch.device) -> tuple[torch.Tensor, int]:
+    """``(seed_ptr, seed_salt)`` for the kernels: the seed is ``(seed_ptr[0] & 0x7FFFFFFF) ^ seed_salt``.
+
+    A DeviceSeed is passed as it is (no host sync); an int seed (tests, no-gradient calls) goes through a
+    small cache of device copies.
+    """
+    if isinstance(seed, DeviceSeed):
+        base = seed.base.reshape(1)
+        return (base if base.device == torch.device(device) else base.to(device)), seed.salt & KEY_BITS
+    key = (int(seed) & KEY_BITS, torch.device(device))
+    if key not in _INT_SEEDS:
+        _INT_SEEDS[key] = persistent.make(device, lambda: torch.tensor([key[0]], dtype=torch.int64, device=device))
+        if len(_INT_SEEDS) > 64:
+            _INT_SEEDS.popitem(last=False)
+    _INT_SEEDS.move_to_end(key)
+    return _INT_SEEDS[key], 0
+
+
+def prepare_rotation(rotation: Rotation, seed: Seed | None, device: torch.device, *, inverse: bool = False) -> PreparedRotation | None:
+    """The rotation's ``M`` (or ``M^T`` with ``inverse``) prepared for the kernels on ``device``, without a host sync.
+
+    A fixed Hadamard is copied once per device. A random one, ``M = D H``, is formed on the device from the
+    seed each call (``seeds.random_signs``: the reference's signs, bit for bit), so that a DeviceSeed never
+    leaves the device and a CUDA-graph replay draws new signs. None for the identity.
+    """
+    if rotation.is_identity:
+        return None
+    device = torch.device(device)
+    c = float(torch.tensor(1.0 / rotation.size**0.5, dtype=torch.float32))  # max |M|, float32 1/sqrt(G)
+    h = _cached(("hadamard+-1", rotation.size), device, lambda: (hadamard_matrix(rotation.size) / c).to(device))
+    if not rotation.is_random:
+        return PreparedRotation(h, c)  # H is symmetric: H^T = H
+    if seed is None:
+        raise ValueError(f"rotation {rotation} is random: pass a seed")
+    signs = random_signs(rotation.size, seed, device)
+    # M = D H: row i scaled by signs[i];  M^T = H D: column j scaled by signs[j]
+    return PreparedRotation(h * signs[None, :] if inverse else signs[:, None] * h, c)
 
 
 def _precision(dtype: torch.dtype, device: torch.device) -> str:
@@ -521,7 +568,7 @@ def quantize(
     x: torch.Tensor | QuantizedTensor,
     quantizer: Quantizer,
     rotation: torch.Tensor | PreparedRotation | None,
-    seed: int,
+    seed: Seed,
     *,
     transpose: bool = False,
     pad_to: int = 1,
@@ -550,7 +597,7 @@ def quantize_for_gemm(
     x: torch.Tensor | QuantizedTensor,
     quantizer: Quantizer,
     rotation: torch.Tensor | PreparedRotation | None,
-    seed: int,
+    seed: Seed,
     *,
     form: str,
     keep_packed: bool = False,
@@ -634,10 +681,11 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     has_u = uniforms is not None
     u_elem = u_elem.to(device).contiguous() if u_elem is not None else placeholder(torch.float32, device)
     u_scale = u_scale.to(device).contiguous() if u_scale is not None else placeholder(torch.float32, device)
+    seed_ptr, seed_salt = kernel_seed(seed, device)
     quantize_kernel[grid](
         *source, s32, u_elem, u_scale, codes, scales, mask,
         out_values, e_r, row_scale, count,
-        r, k, k_out, int(seed) & 0x7FFFFFFF, rule.val_max,
+        r, k, k_out, seed_ptr, seed_salt, rule.val_max,
         RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
         WRITE_PACKED=keep_packed, VALUES=values, **common, **_NO_FMA,
     )

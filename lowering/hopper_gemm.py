@@ -53,7 +53,7 @@ import functools
 
 import torch
 
-from fp4compile import formats
+from fp4compile import formats, persistent
 from fp4compile.kernels import HAS_TRITON
 from fp4compile.quantized import GemmValues, QuantizedTensor, ScaleFormat
 
@@ -85,7 +85,7 @@ def unfoldable_counter(device: torch.device) -> torch.Tensor:
     """The device's unfoldable-group counter (int64 [1]; kernels atomically add to it)."""
     device = torch.device(device)
     if device not in _UNFOLDABLE:
-        _UNFOLDABLE[device] = torch.zeros(1, dtype=torch.int64, device=device)
+        _UNFOLDABLE[device] = persistent.make(device, lambda: torch.zeros(1, dtype=torch.int64, device=device))
     return _UNFOLDABLE[device]
 
 
@@ -142,22 +142,29 @@ def _pair_values(device: torch.device) -> torch.Tensor:
 def _fp8_table(device: torch.device) -> torch.Tensor:
     """``[21 * 256]`` int16: the two E4M3 bytes of ``q * 2^shift`` for each packed code byte, rows shift = 6 .. -13,
     then a NaN row. Every shift below -13 gives the same bytes as -13 (+-0: 6 * 2^-13 rounds to 0 in E4M3)."""
-    key = ("fp8", device)
-    if key not in _TABLES:
+    def build() -> torch.Tensor:
         shifts = torch.arange(FP8_HEADROOM, _MIN_SHIFT - 1, -1, device=device)  # [20]: 6, 5, ..., -13
         values = _pair_values(device)[None] * _pow2(shifts)[:, None, None]  # [20, 256, 2] f32, exact
         values = torch.cat([values, torch.full_like(values[:1], float("nan"))])  # [21, 256, 2]
-        _TABLES[key] = values.to(torch.float8_e4m3fn).view(torch.uint8).view(torch.int16).reshape(-1)
-    return _TABLES[key]
+        return values.to(torch.float8_e4m3fn).view(torch.uint8).view(torch.int16).reshape(-1)
+
+    return _table("fp8", device, build)
 
 
 def _bf16_table(device: torch.device) -> torch.Tensor:
     """``[256 * 256]`` int32: the two bf16 values ``q * s8`` (exact) for each (E4M3 scale byte, packed code byte)."""
-    key = ("bf16", device)
-    if key not in _TABLES:
+    def build() -> torch.Tensor:
         s8 = formats.e4m3_decode(torch.arange(256, dtype=torch.int32, device=device).to(torch.uint8))  # [256]
         values = s8[:, None, None] * _pair_values(device)[None]  # [256 scales, 256 bytes, 2] f32
-        _TABLES[key] = values.to(torch.bfloat16).view(torch.int32).reshape(-1)
+        return values.to(torch.bfloat16).view(torch.int32).reshape(-1)
+
+    return _table("bf16", device, build)
+
+
+def _table(name: str, device: torch.device, build) -> torch.Tensor:
+    key = (name, torch.device(device))
+    if key not in _TABLES:
+        _TABLES[key] = persistent.make(device, build)  # kept across calls: outside CUDA-graph pools
     return _TABLES[key]
 
 

@@ -62,3 +62,19 @@ def _fallbacks(options: Options, site) -> str:
     gemm = options.recipe.gemm("output" if site.role.value == "forward" else site.role.value)
     missing = sorted({q for q in (gemm.a, gemm.b) if q is not None and not supports(get_quantizer(q))})
     return f"; no Triton rule for {', '.join(missing)}: those operands run the reference" if missing else ""
+
+
+def cudagraph_blocker(options: Options, sites) -> str | None:
+    """Why this graph's fp4compile ops cannot be captured in a CUDA graph (None: they can).
+
+    The triton lowering keeps seeds, signs and constants on the device; the reference lowering and the
+    reference fallback of plug-in quantizers read seeds on the host (a sync, which capture forbids).
+    """
+    for site in sites:
+        if not site.quantized:
+            continue
+        if site.kernel != "triton":
+            return f"{site.name!r} ({site.role.value}) runs the {site.kernel or 'reference'} kernels, which read seeds on the host"
+        if missing := _fallbacks(options, site):
+            return f"{site.name!r} ({site.role.value}): {missing.lstrip('; ')}, which reads seeds on the host"
+    return None

@@ -10,16 +10,15 @@ with every operand written in the form the layout plan chose for its GEMM (lower
                   each straight into its GEMM form; GEMM; one epilogue pass: alpha, mask, inverse rotation, cast
     grad_weight   E^T along T and X^T along T, both read transposed by the kernel; GEMM; the same epilogue
 
-No host synchronization: rotation matrices are built on the CPU and travel through pinned memory, and
-constants are cached on the device. Differences from the reference, by design: stochastic rounding draws
+No host synchronization, and nothing a CUDA graph replay would freeze: seeds stay on the device
+(``seeds.DeviceSeed``), random rotation matrices are formed there from them each call, and constants
+are cached on the device (``fp4compile.persistent``). Differences from the reference, by design: stochastic rounding draws
 counter-based uniforms in the kernel (statistically equivalent, not the reference's bits), and the FP8 GEMM
 accumulates at the tensor cores' precision (about 1e-4 relative, hopper.md). A quantizer without a kernel
 rule (a plug-in) runs through the reference for that operand.
 """
 
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import torch
 
@@ -28,7 +27,7 @@ from fp4compile.config import Recipe, Source
 from fp4compile.kernels.epilogue import mask_rotate_cast, supports_width
 from fp4compile.kernels.quantize import quantize as kernel_quantize
 from fp4compile.kernels.quantize import quantize_for_gemm, supports
-from fp4compile.kernels.rotate_quantize import PreparedRotation, device_rotation
+from fp4compile.kernels.rotate_quantize import PreparedRotation, device_rotation, prepare_rotation
 from fp4compile.lowering.hopper_gemm import block_values_bf16, gemm_accumulate
 from fp4compile.lowering.layout_plan import Form, OperandPlan, operand, plan_linear
 from fp4compile.quantized import QuantizedTensor
@@ -36,40 +35,19 @@ from fp4compile.quantizers import get_quantizer
 from fp4compile.reference import linear as ref
 from fp4compile.reference.gemm import Operand
 from fp4compile.rotations import Rotation
-from fp4compile.seeds import derive_seed
-
-_FIXED: dict[tuple, PreparedRotation] = {}
-_RECENT: OrderedDict[tuple, PreparedRotation] = OrderedDict()
+from fp4compile.seeds import Seed, host_seed, sub_seed
 
 
-def _matrix(rotation: Rotation, seed: int, device: torch.device, *, inverse: bool = False) -> PreparedRotation | None:
-    """The rotation's matrix (``M``, or ``M^T`` with ``inverse``) prepared on the device, without a host sync.
-
-    A fixed rotation is prepared once. A random one (new signs every step) is built on the CPU and travels
-    through pinned memory (kernels.rotate_quantize.device_rotation); the four backward operands of a layer
-    share one draw, so the last few draws are kept.
-    """
-    if rotation.is_identity:
-        return None
-    key = (rotation, seed if rotation.is_random else None, inverse, torch.device(device))
-    cache = _RECENT if rotation.is_random else _FIXED
-    if key not in cache:
-        m = rotation.matrix(seed if rotation.is_random else None, "cpu")
-        cache[key] = device_rotation(m.t() if inverse else m, torch.device(device))
-        if len(_RECENT) > 8:
-            _RECENT.popitem(last=False)
-    return cache[key]
-
-
-def _operand(src, plan: OperandPlan, rotation: Rotation, rot_seed: int, seed: int, *, transpose: bool = False) -> Operand:
+def _operand(src, plan: OperandPlan, rotation: Rotation, rot_seed: Seed, seed: Seed, *, transpose: bool = False) -> Operand:
     """Quantize ``src`` (dense, or packed read transposed) along its (transposed) last axis, into ``plan.form``.
 
     Falls back to the reference composition for quantizers without a kernel rule and for operands left in
-    high precision (``plan.quantizer is None``).
+    high precision (``plan.quantizer is None``); the reference reads its seeds on the host (a sync, which
+    also keeps such recipes out of CUDA graphs: backend.cudagraph_blocker).
     """
     q = None if plan.quantizer is None else get_quantizer(plan.quantizer)
     if q is not None and supports(q):
-        m = _matrix(rotation, rot_seed, _device_of(src))
+        m = prepare_rotation(rotation, rot_seed, _device_of(src))
         if plan.form in (Form.FP8, Form.BF16):
             values, _, _ = quantize_for_gemm(src, q, m, seed, form=plan.form.value, transpose=transpose, pad_to=plan.pad_to)
             return values
@@ -78,8 +56,8 @@ def _operand(src, plan: OperandPlan, rotation: Rotation, rot_seed: int, seed: in
     dense = src.dequantize().t() if isinstance(src, QuantizedTensor) else (src.t() if transpose else src)
     pad = (-dense.shape[-1]) % plan.pad_to
     dense = torch.nn.functional.pad(dense.float(), (0, pad)) if pad else dense.float()
-    rotated = rotation.apply(dense, rot_seed)
-    return rotated if q is None else q.quantize(rotated, seed)
+    rotated = rotation.apply(dense, host_seed(rot_seed) if rotation.is_random else None)
+    return rotated if q is None else q.quantize(rotated, host_seed(seed))
 
 
 def _device_of(src) -> torch.device:
@@ -90,19 +68,19 @@ def _plans(recipe: Recipe, device: torch.device) -> tuple[OperandPlan, ...]:
     return plan_linear(recipe, "triton", device)
 
 
-def quantize(t: torch.Tensor, recipe: Recipe, operand_name: str, seed: int, form: str):
+def quantize(t: torch.Tensor, recipe: Recipe, operand_name: str, seed: Seed, form: str):
     spec = recipe.output
     name = spec.a if operand_name == "input" else spec.b
     q = get_quantizer(name)
-    rot_seed, q_seed = ref.rotation_seed(seed, "output"), derive_seed(seed, "output", operand_name)
+    rot_seed, q_seed = ref.rotation_seed(seed, "output"), sub_seed(seed, "output", operand_name)
     def empty() -> torch.Tensor:  # a fresh one each time: op outputs may not alias each other
         return torch.empty(0, dtype=torch.uint8, device=t.device)
 
     if not supports(q):  # a plug-in quantizer: the reference, packed form only
-        out = q.quantize(spec.rotation.apply(t, rot_seed), q_seed)
+        out = q.quantize(spec.rotation.apply(t, host_seed(rot_seed) if spec.rotation.is_random else None), host_seed(q_seed))
         mask = formats.pack_bits(out.mask) if out.mask is not None else empty()
         return out.codes, out.scales, out.tensor_scale.reshape(()).float(), mask, empty(), empty()
-    m = _matrix(spec.rotation, rot_seed, t.device)
+    m = prepare_rotation(spec.rotation, rot_seed, t.device)
     if form == "packed":
         out, mask = kernel_quantize(t, q, m, q_seed)
         return out.codes, out.scales, out.tensor_scale.reshape(()).float(), (mask if mask is not None else empty()), empty(), empty()
@@ -140,22 +118,22 @@ def _epilogue(acc: torch.Tensor, alpha, mask: torch.Tensor | None, inverse: Prep
     return g.to(out_dtype)
 
 
-def _finish(acc: torch.Tensor, alpha, mask_bits: torch.Tensor | None, k: int, recipe: Recipe, seed: int, out_dtype: torch.dtype) -> torch.Tensor:
+def _finish(acc: torch.Tensor, alpha, mask_bits: torch.Tensor | None, k: int, recipe: Recipe, seed: Seed, out_dtype: torch.dtype) -> torch.Tensor:
     """Alpha, trust mask, inverse forward rotation and cast of a backward GEMM's result, in one pass."""
     acc = acc[..., :k]
     mask = mask_bits if mask_bits is not None and recipe.mask_gradients else None
     rotation = recipe.output.rotation
-    inverse = _matrix(rotation, ref.rotation_seed(seed, "output"), acc.device, inverse=True)
+    inverse = prepare_rotation(rotation, ref.rotation_seed(seed, "output"), acc.device, inverse=True)
     return _epilogue(acc, alpha, mask, inverse, out_dtype)
 
 
-def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: Recipe, seed: int, out_dtype) -> torch.Tensor:
+def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: Recipe, seed: Seed, out_dtype) -> torch.Tensor:
     spec = recipe.grad_input
     plans = _plans(recipe, grad.device)
     pe, pw = operand(plans, "grad_input", "grad_output"), operand(plans, "grad_input", "weight")
     rseed = ref.rotation_seed(seed, "backward")
     # === GEMM 2: grad_input = Q(E R) @ Q(W^T R)^T   [T,N] @ [N,K] -> [T,K]
-    e_q = _operand(grad, pe, spec.rotation, rseed, derive_seed(seed, "grad_input", "grad_output"))
+    e_q = _operand(grad, pe, spec.rotation, rseed, sub_seed(seed, "grad_input", "grad_output"))
     if recipe.weight_for_backward is Source.QUANTIZED and wq is not None and spec.b is None and spec.rotation.is_identity:
         # the forward Wq reused as is (NVIDIA's recipe): its exact BF16 block values, transposed, and its alpha
         w_t = block_values_bf16(wq).t()  # [K, N]
@@ -163,7 +141,7 @@ def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: R
         w_t = torch.nn.functional.pad(w_t, (0, pad)) if pad else w_t
         acc, alpha = gemm_accumulate(e_q, w_t)
         return _finish(acc, wq.alpha if alpha is None else alpha * wq.alpha, x_mask, k, recipe, seed, out_dtype)
-    w_seed = derive_seed(seed, "grad_input", "weight")
+    w_seed = sub_seed(seed, "grad_input", "weight")
     if recipe.weight_for_backward is Source.QUANTIZED and wq is not None:
         w_q = _operand(wq, pw, spec.rotation, rseed, w_seed)  # packed [N, K], read transposed as W^T [K, N]
     else:
@@ -172,14 +150,14 @@ def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: R
     return _finish(acc, alpha, x_mask, k, recipe, seed, out_dtype)
 
 
-def grad_weight(grad, xq: QuantizedTensor | None, x_hp, w_mask, k: int, recipe: Recipe, seed: int, out_dtype) -> torch.Tensor:
+def grad_weight(grad, xq: QuantizedTensor | None, x_hp, w_mask, k: int, recipe: Recipe, seed: Seed, out_dtype) -> torch.Tensor:
     spec = recipe.grad_weight
     plans = _plans(recipe, grad.device)
     pe, px = operand(plans, "grad_weight", "grad_output"), operand(plans, "grad_weight", "input")
     rseed = ref.rotation_seed(seed, "backward")
     # === GEMM 3: grad_weight = Q(E^T R) @ Q(X^T R)^T   [N,T] @ [T,K] -> [N,K]
-    e_q = _operand(grad, pe, spec.rotation, rseed, derive_seed(seed, "grad_weight", "grad_output"), transpose=True)
-    x_seed = derive_seed(seed, "grad_weight", "input")
+    e_q = _operand(grad, pe, spec.rotation, rseed, sub_seed(seed, "grad_weight", "grad_output"), transpose=True)
+    x_seed = sub_seed(seed, "grad_weight", "input")
     if recipe.input_for_backward is Source.QUANTIZED and xq is not None:
         x_q = _operand(xq, px, spec.rotation, rseed, x_seed)
     else:

@@ -33,7 +33,7 @@ from fp4compile.passes.assign_roles import source
 from fp4compile.passes.context import PassContext
 from fp4compile.passes.site import MatmulSite, Role, hinted_nbytes
 from fp4compile.quantizers import get_quantizer
-from fp4compile.reference.linear import step_seed
+from fp4compile.seeds import step_seed
 
 aten = torch.ops.aten
 fp4 = torch.ops.fp4compile

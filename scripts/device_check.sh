@@ -6,6 +6,7 @@
 #   bash scripts/device_check.sh perf    # where a linear layer's step goes (profile per recipe), kernel bandwidth, the linear table
 #   bash scripts/device_check.sh accuracy [STEPS]  # bench_accuracy.py: every recipe on the 20m model, table + plot in $OUT
 #   bash scripts/device_check.sh train   # bench_train.py: ~1B training step throughput and memory vs BF16 and torchao
+#   bash scripts/device_check.sh graphs  # GPU tests, host/GPU profile with and without CUDA graphs, the linear table with them
 # torchao travels as a wheel in .whl/ (carry it). Logs land in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/fp4compile_device}
@@ -39,6 +40,15 @@ case "${1:-tests}" in
     ;;
   train)
     timeout 570 python3 examples/bench_train.py "${@:2}" --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -20
+    ;;
+  graphs)  # GPU tests (CUDA-graph replay included), where the step goes with and without CUDA graphs, the linear table
+    python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8
+    for cg in "" --cudagraphs; do
+      for r in bf16-inductor quartet; do
+        timeout 90 python3 examples/profile_linear.py --recipe "$r" --tokens 2048 --k 2048 --n 2048 --top 0 $cg 2>&1 | grep -v -i warn | tee -a "$OUT/profile.log"
+      done
+    done
+    timeout 330 python3 examples/bench_linear.py --cudagraphs 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
     ;;
   all)  # kernel tests, kernel bandwidth (with the tile sweep), then the linear-layer table
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8

@@ -177,6 +177,19 @@ def test_errors_are_clear():
     assert report.sites[0].reason == "in_features K=100 is not a multiple of 32"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback of the option")
+def test_cudagraphs_option_off_with_a_reason_where_ops_cannot_be_captured():
+    """cudagraphs=True on the CPU (the reference kernels read seeds on the host): a warning says why it is
+    off, and the run equals the eager reference; without Inductor the option is an error."""
+    torch._dynamo.reset()
+    with pytest.warns(UserWarning, match=r"cudagraphs'\] is off for this graph: '\w+' \(\w+\) runs the reference kernels"):
+        compiled, records = _compiled_run("quartet", cudagraphs=True)
+    assert records[0].counters["cudagraphs_off"] >= 1
+    _assert_same(compiled, train_steps(f4.quantize_linears(make_tiny(), "quartet", seed=7), 2))
+    with pytest.raises(Exception, match="cudagraphs'\\]=True needs Inductor"):
+        torch.compile(make_tiny(), backend="quartet", options={"cudagraphs": True, "inductor": False})(*batch())
+
+
 def test_entry_point_registered():
     assert "quartet" in torch._dynamo.list_backends()
 

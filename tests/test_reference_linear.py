@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import fp4compile as f4
 from fp4compile.reference import linear as rl
 from fp4compile.reference.gemm import gemm_nt
-from fp4compile.seeds import derive_seed
+from fp4compile.seeds import sub_seed
 from tests.conftest import sqnr_db
 
 FLOORS = {"quartet": (14, 7, 8), "quartet-sr": (14, 6, 7), "quartet2": (19, 14, 14), "nvidia": (18, 12, 12), "mxfp4-rtn": (16, 13, 13)}
@@ -65,8 +65,8 @@ def test_output_is_the_composed_reference(recipe):
     x, w, b, _ = _problem()
     seed = 11
     rot, rseed = r.output.rotation, rl.rotation_seed(seed, "output")
-    xq = f4.get_quantizer(r.output.a).quantize(rot.apply(x.detach(), rseed), derive_seed(seed, "output", "input"))
-    wq = f4.get_quantizer(r.output.b).quantize(rot.apply(w.detach(), rseed), derive_seed(seed, "output", "weight"))
+    xq = f4.get_quantizer(r.output.a).quantize(rot.apply(x.detach(), rseed), sub_seed(seed, "output", "input"))
+    wq = f4.get_quantizer(r.output.b).quantize(rot.apply(w.detach(), rseed), sub_seed(seed, "output", "weight"))
     expected = gemm_nt(xq, wq, torch.float32) + b
     assert torch.equal(f4.reference_linear(x, w, b, recipe, seed), expected)
 
@@ -99,7 +99,7 @@ def test_quartet2_gradients_follow_the_formula():
     q46, eden = f4.get_quantizer("nvfp4_4over6"), f4.get_quantizer("nvfp4_ms_eden")
     xq, wq = q46.quantize(x.detach()), q46.quantize(w.detach())
     rot, rseed = r.grad_input.rotation, rl.rotation_seed(seed, "backward")
-    s = lambda *names: derive_seed(seed, *names)  # noqa: E731
+    s = lambda *names: sub_seed(seed, *names)  # noqa: E731
     # dX = MSEDEN(E R) @ MSEDEN(deq(Wq)^T R)^T
     expected_dx = gemm_nt(eden.quantize(rot.apply(g, rseed), s("grad_input", "grad_output")),
                           eden.quantize(rot.apply(wq.dequantize().t(), rseed), s("grad_input", "weight")), torch.float32)

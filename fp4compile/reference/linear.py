@@ -31,17 +31,18 @@ from fp4compile.config import Recipe, Source, get_recipe
 from fp4compile.quantized import QuantizedTensor
 from fp4compile.quantizers import get_quantizer
 from fp4compile.reference.gemm import Operand, gemm_nt
-from fp4compile.seeds import derive_seed
+from fp4compile.seeds import step_seed, sub_seed
 
 
 def _quantize(t: torch.Tensor, quantizer: str | None, seed: int, *names: str) -> Operand:
     if quantizer is None:
         return t.float()
-    return get_quantizer(quantizer).quantize(t, derive_seed(seed, *names))
+    return get_quantizer(quantizer).quantize(t, sub_seed(seed, *names))
 
 
-def rotation_seed(seed: int, gemm: str) -> int:
-    return derive_seed(seed, "rotation", gemm)
+def rotation_seed(seed, gemm: str):
+    """The seed of one GEMM's rotation signs (an int, or a DeviceSeed in the Triton lowering)."""
+    return sub_seed(seed, "rotation", gemm)
 
 
 def check_shapes(recipe: Recipe, k: int) -> None:
@@ -173,11 +174,6 @@ def reference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         return F.linear(x, weight, bias)
     check_shapes(recipe, weight.shape[1])
     return _ReferenceLinearFn.apply(x, weight, bias, recipe, seed)
-
-
-def step_seed(base_seed: int, site: str, step: int) -> int:
-    """The seed of one call of one linear layer: shared by the compiled ops and the eager reference."""
-    return derive_seed(base_seed, site, step)
 
 
 class ReferenceLinear(nn.Linear):

@@ -18,7 +18,10 @@ def test_quantize_kernel_compiles_for_sm90_and_sm100():
     out = subprocess.run([sys.executable, "-m", "fp4compile.kernels.compile_check", "90", "100"], env=env, capture_output=True, text=True, timeout=900)
     print(out.stdout)
     assert out.returncode == 0, out.stdout + out.stderr
-    from fp4compile.kernels.compile_check import VARIANTS
+    from fp4compile.kernels.compile_check import HOPPER_ONLY_VALUES, VARIANTS
 
-    per_target = len(VARIANTS) + 2 + 3  # quantize variants, the two pre-pass kernels, fold / bf16 / epilogue
-    assert out.stdout.count(": ok") == 2 * per_target
+    others = 2 + 3  # the two pre-pass kernels, fold / bf16 / epilogue
+    blackwell = sum(v[-2] != HOPPER_ONLY_VALUES for v in VARIANTS)  # sm_100 takes packed FP4, not the FP8 form
+    assert out.stdout.count("sm_90 ") == len(VARIANTS) + others
+    assert out.stdout.count("sm_100 ") == blackwell + others
+    assert out.stdout.count(": ok") == len(VARIANTS) + blackwell + 2 * others

@@ -60,12 +60,13 @@ def test_epilogue_fallback_equals_the_kernel():
     """Widths the epilogue kernel does not take (not a multiple of 32) run the same steps in torch: alpha
     (device or host), mask, inverse rotation, cast."""
     from fp4compile import formats
+    from fp4compile.kernels.rotate_quantize import prepare_rotation
     from fp4compile.lowering import triton_ops
     from fp4compile.rotations import parse_rotation
 
     torch.manual_seed(3)
     rot = parse_rotation("hadamard-16")
-    inverse = triton_ops._matrix(rot, 0, torch.device(DEV), inverse=True)
+    inverse = prepare_rotation(rot, 0, torch.device(DEV), inverse=True)
     acc = torch.randn(24, 96, device=DEV)
     mask = formats.pack_bits(torch.rand(24, 96) < 0.8).to(DEV)
     for alpha in (torch.tensor(0.75, device=DEV), torch.tensor(1.5)):  # on the device / on the host
@@ -77,12 +78,21 @@ def test_epilogue_fallback_equals_the_kernel():
         assert torch.equal(narrow, (acc[:, :80].cpu() * alpha.cpu()).to(torch.bfloat16))
 
 
-def test_rotation_draws_are_cached_per_seed():
-    from fp4compile.lowering import triton_ops
+def test_rotation_matrices_formed_on_the_device_equal_the_reference():
+    """Random rotations are formed on the device from the seed (a DeviceSeed never leaves it): M and M^T are
+    the reference's matrices for the same seed value, new for a new seed; fixed ones are cached once."""
+    from fp4compile.kernels.rotate_quantize import prepare_rotation
     from fp4compile.rotations import parse_rotation
+    from fp4compile.seeds import DeviceSeed, sub_seed
 
     rot, dev = parse_rotation("random_hadamard-32"), torch.device(DEV)
-    a, b, c = triton_ops._matrix(rot, 5, dev), triton_ops._matrix(rot, 5, dev), triton_ops._matrix(rot, 6, dev)
-    assert a is b and not torch.equal(a.h.cpu(), c.h.cpu())
-    assert torch.equal(a.h.cpu() * a.scale, rot.matrix(5))  # +-1 entries times 1/sqrt(32): the reference's matrix
-    assert triton_ops._matrix(parse_rotation("none"), 5, dev) is None
+    base = DeviceSeed(torch.tensor([123456789], dtype=torch.int64, device=dev))
+    seed = sub_seed(base, "rotation", "backward")
+    m, m_t = prepare_rotation(rot, seed, dev), prepare_rotation(rot, seed, dev, inverse=True)
+    expected = rot.matrix(sub_seed(123456789, "rotation", "backward"))
+    assert torch.equal(m.h.cpu() * m.scale, expected)  # +-1 entries times float32 1/sqrt(32)
+    assert torch.equal(m_t.h.cpu() * m_t.scale, expected.t())
+    assert not torch.equal(prepare_rotation(rot, sub_seed(base, "other"), dev).h.cpu(), m.h.cpu())
+    fixed = parse_rotation("hadamard-32")
+    assert prepare_rotation(fixed, None, dev).h is prepare_rotation(fixed, 7, dev).h
+    assert prepare_rotation(parse_rotation("none"), 5, dev) is None
