@@ -6,6 +6,8 @@
 #   bash scripts/device_check.sh perf    # where a linear layer's step goes (profile per recipe), kernel bandwidth, the linear table
 #   bash scripts/device_check.sh accuracy [STEPS]  # bench_accuracy.py: every recipe on the 20m model, table + plot in $OUT
 #   bash scripts/device_check.sh train   # bench_train.py: ~1B training step throughput and memory vs BF16 and torchao
+#   bash scripts/device_check.sh train2  # GPU tests named in TESTS, the 1B step with CUDA graphs, a 20m tokens/s probe
+#   bash scripts/device_check.sh multigpu  # (2 GPUs) 20m quartet: 1 GPU, another seed, DDP and FSDP2 on 2, compared
 #   bash scripts/device_check.sh graphs  # GPU tests, host/GPU profile with and without CUDA graphs, the linear table with them
 # torchao travels as a wheel in .whl/ (carry it). Logs land in $OUT.
 set -uo pipefail
@@ -49,6 +51,27 @@ case "${1:-tests}" in
       done
     done
     timeout 330 python3 examples/bench_linear.py --cudagraphs 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
+    ;;
+  train2)  # the 1B throughput table with CUDA graphs, and the 20m model's tokens/s under them
+    [ -n "${TESTS:-}" ] && python3 -m pytest -q -p no:cacheprovider -rs $TESTS 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -4
+    timeout ${TRAIN_S:-330} python3 examples/bench_train.py --cudagraphs ${TRAIN_ARGS:---recipes quartet --float8 rowwise --warmup 2 --steps 5} \
+      --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -14
+    for r in bf16 quartet; do
+      timeout 100 python3 examples/train.py --size 20m --recipe $r --steps 60 --batch 128 --seq 256 --eval-every 60 --log-every 20 \
+        --cudagraphs --out /tmp/probe_$r 2>&1 | grep -v -i warn | tr '\r' '\n' | grep -E "tok/s|step 60|val" | tail -3 | tee -a "$OUT/probe.log"
+    done
+    ;;
+  multigpu)  # the same global batch on 1 and 2 GPUs (DDP, FSDP2), with a second seed as the noise yardstick
+    common="--size 20m --recipe quartet --steps ${STEPS:-300} --batch 64 --seq 256 --eval-every 100 --log-every 100"
+    run() { timeout 150 "$@" 2>&1 | grep -v -i warn | tr '\r' '\n' | grep -E "^\[|Error|error" | tail -3 | tee -a "$OUT/multigpu.log"; }
+    run python3 examples/train.py $common --out /tmp/mg/one_gpu
+    run python3 examples/train.py $common --seed 1 --out /tmp/mg/one_gpu_seed1
+    run python3 -m torch.distributed.run --nproc_per_node 2 examples/train.py $common --out /tmp/mg/ddp_2gpu
+    run python3 examples/train.py $common --fsdp --out /tmp/mg/per_block_1gpu
+    run python3 -m torch.distributed.run --nproc_per_node 2 examples/train.py $common --fsdp --out /tmp/mg/fsdp_2gpu
+    repo=$PWD; cd /tmp/mg
+    python3 "$repo/examples/compare_runs.py" one_gpu one_gpu_seed1 ddp_2gpu | tee -a "$OUT/multigpu.md"
+    python3 "$repo/examples/compare_runs.py" per_block_1gpu one_gpu_seed1 fsdp_2gpu | tee -a "$OUT/multigpu.md"
     ;;
   all)  # kernel tests, kernel bandwidth (with the tile sweep), then the linear-layer table
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8

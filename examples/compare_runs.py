@@ -1,0 +1,52 @@
+"""Compare training runs of ``examples/train.py`` step by step: the multi-GPU check of BENCHMARKS.md.
+
+    python examples/compare_runs.py REFERENCE NOISE RUN [RUN ...]
+
+Each argument is a run folder (its ``checkpoint.pt`` holds every step's training loss, its ``metrics.json``
+the validation losses). REFERENCE is the run the others should follow (e.g. one GPU); NOISE is the same
+configuration with another seed, whose distance to REFERENCE says what "within noise" means. For each
+run: the largest and the mean absolute difference of the per-step training loss to REFERENCE (over the
+last half of the steps, once the curves settle), and the final validation loss.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def load(folder: str) -> tuple[list[float], float]:
+    ckpt = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    metrics = json.loads((Path(folder) / "metrics.json").read_text())
+    return ckpt["losses"], metrics[-1]["val_loss"]
+
+
+def distance(a: list[float], b: list[float]) -> tuple[float, float]:
+    """(max, mean) of |a - b| over the second half of the steps."""
+    if len(a) != len(b):
+        raise ValueError(f"runs of different lengths ({len(a)} and {len(b)} steps): train them for the same --steps")
+    half = len(a) // 2
+    diffs = [abs(x - y) for x, y in zip(a[half:], b[half:], strict=True)]
+    return max(diffs), sum(diffs) / len(diffs)
+
+
+def main(folders: list[str]) -> list[str]:
+    if len(folders) < 3:
+        raise SystemExit(__doc__)
+    ref_losses, ref_val = load(folders[0])
+    lines = ["| run | max abs train-loss diff (2nd half) | mean abs diff | final val loss | val diff |", "|---|---:|---:|---:|---:|"]
+    lines.append(f"| {folders[0]} (reference) | - | - | {ref_val:.4f} | - |")
+    for i, folder in enumerate(folders[1:]):
+        losses, val = load(folder)
+        top, mean = distance(losses, ref_losses)
+        label = f"{folder} (noise: another seed)" if i == 0 else folder
+        lines.append(f"| {label} | {top:.4f} | {mean:.4f} | {val:.4f} | {val - ref_val:+.4f} |")
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
