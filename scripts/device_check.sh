@@ -7,6 +7,7 @@
 #   bash scripts/device_check.sh accuracy [STEPS]  # bench_accuracy.py: every recipe on the 20m model, table + plot in $OUT
 #   bash scripts/device_check.sh train   # bench_train.py: ~1B training step throughput and memory vs BF16 and torchao
 #   bash scripts/device_check.sh train2  # GPU tests named in TESTS, the 1B step with CUDA graphs, a 20m tokens/s probe
+#   bash scripts/device_check.sh final   # the GPU test suite, then the 1B table with and without CUDA graphs
 #   bash scripts/device_check.sh multigpu  # (2 GPUs) 20m quartet: 1 GPU, another seed, DDP and FSDP2 on 2, compared
 #   bash scripts/device_check.sh graphs  # GPU tests, host/GPU profile with and without CUDA graphs, the linear table with them
 # torchao travels as a wheel in .whl/ (carry it). Logs land in $OUT.
@@ -72,6 +73,13 @@ case "${1:-tests}" in
     repo=$PWD; cd /tmp/mg
     python3 "$repo/examples/compare_runs.py" one_gpu one_gpu_seed1 ddp_2gpu | tee -a "$OUT/multigpu.md"
     python3 "$repo/examples/compare_runs.py" per_block_1gpu one_gpu_seed1 fsdp_2gpu | tee -a "$OUT/multigpu.md"
+    ;;
+  final)  # the GPU tests on the final code, the 1B rows of every recipe with CUDA graphs, memory without them
+    timeout 280 python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -6
+    timeout 200 python3 examples/bench_train.py --cudagraphs --recipes quartet,quartet2,nvidia --float8 '' --warmup 2 --steps 5 \
+      --json "$OUT/bench_train_graphs.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train_graphs.log" | tail -10
+    timeout 110 python3 examples/bench_train.py --recipes quartet --float8 '' --warmup 1 --steps 3 \
+      --json "$OUT/bench_train_plain.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train_plain.log" | tail -6
     ;;
   all)  # kernel tests, kernel bandwidth (with the tile sweep), then the linear-layer table
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8

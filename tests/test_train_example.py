@@ -145,10 +145,12 @@ def test_train_benchmark_table():
     assert (args.size, args.batch, args.seq, args.recipes, args.float8) == ("1b", 4, 2048, ["quartet", "nvidia"], ["rowwise"])
     assert [name for name, _ in bench_train.configs(args.recipes, args.float8, "cuda")] == [
         "bf16 inductor", "torchao float8 rowwise", "fp4compile quartet", "fp4compile nvidia"]
-    rows = [{"config": "bf16 inductor", "tokens_per_s": 1000.0, "peak_bytes": 8 << 30, "status": "ok"},
-            {"config": "torchao float8 rowwise", "tokens_per_s": None, "peak_bytes": None, "status": "n/a"},
-            {"config": "fp4compile quartet", "tokens_per_s": 1500.0, "peak_bytes": 6 << 30, "status": "ok"},
-            {"config": "fp4compile nvidia", "tokens_per_s": None, "peak_bytes": None, "status": "OOM"}]
+    assert [name for name, _ in bench_train.configs(["quartet"], [], "cuda", cudagraphs=True)] == [
+        "bf16 inductor", "bf16 inductor cudagraphs", "fp4compile quartet cudagraphs"]
+    rows = [{"config": "bf16 inductor", "tokens_per_s": 1000.0, "peak_bytes": 8 << 30, "reserved_bytes": 10 << 30, "status": "ok"},
+            {"config": "torchao float8 rowwise", "tokens_per_s": None, "peak_bytes": None, "reserved_bytes": None, "status": "n/a"},
+            {"config": "fp4compile quartet", "tokens_per_s": 1500.0, "peak_bytes": 6 << 30, "reserved_bytes": 5 << 30, "status": "ok"},
+            {"config": "fp4compile nvidia", "tokens_per_s": None, "peak_bytes": None, "reserved_bytes": None, "status": "OOM"}]
     assert bench_train.table(rows).splitlines()[2:] == [
-        "| bf16 inductor | 1,000 | 1.00x | 8.00 | 1.00x |", "| torchao float8 rowwise | n/a | | | |",
-        "| fp4compile quartet | 1,500 | 1.50x | 6.00 | 0.75x |", "| fp4compile nvidia | OOM | | | |"]
+        "| bf16 inductor | 1,000 | 1.00x | 8.00 | 1.00x | 10.00 | 1.00x |", "| torchao float8 rowwise | n/a | | | | | |",
+        "| fp4compile quartet | 1,500 | 1.50x | 6.00 | 0.75x | 5.00 | 0.50x |", "| fp4compile nvidia | OOM | | | | | |"]
