@@ -61,6 +61,7 @@ class GraphRecord:
     code: dict[str, str] = field(default_factory=dict)  # readable code of joint_before/after, forward, backward, inference
     graphs: dict[str, fx.GraphModule] = field(default_factory=dict)
     saved: list[SavedTensor] = field(default_factory=list)
+    cudagraphs: str = ""  # with options['cudagraphs']: "on", or "off: <why>" (explain() prints it)
 
     def saved_activation_bytes(self) -> int:
         return sum(s.nbytes for s in self.saved if not s.is_parameter)
@@ -183,6 +184,7 @@ def _compile_inductor(gm, example_inputs, opts: Options, state: int, joint_pass,
         cudagraphs = kwargs.get("cudagraphs")
         if cudagraphs is not None and cudagraphs.value:
             blocker = cudagraph_blocker(opts, record.sites)
+            record.cudagraphs = "on" if blocker is None else f"off: {blocker}"
             if blocker is not None:  # Inductor's own switch for this graph (and the rest of this compile)
                 record.counters["cudagraphs_off"] += 1
                 warnings.warn(f"fp4compile: options['cudagraphs'] is off for this graph: {blocker}", stacklevel=2)

@@ -136,6 +136,10 @@ class Report:
         for plans, keys in self.layout().items():
             parts.append(f"layout plan ({len(keys)} linear{'s' if len(keys) > 1 else ''}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}):")
             parts += [f"  {p.describe()}" for p in plans]
+        for i, r in enumerate(self.records):
+            if r.cudagraphs:
+                note = " (Inductor may still skip a graph for its own reasons: its log says 'skipping cudagraphs')" if r.cudagraphs == "on" else ""
+                parts.append(f"CUDA graphs{f' (graph {i})' if len(self.records) > 1 else ''}: {r.cudagraphs}{note}")
         if self.fold_stats.get("groups"):
             parts.append(f"MXFP4 groups folded into FP8: {self.fold_stats['groups']:,}, of which not exact (over 14 binades below "
                          f"their row's largest): {self.fold_stats['unfoldable_groups']:,}")

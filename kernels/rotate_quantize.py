@@ -7,8 +7,8 @@ Each program takes a tile of ``BLOCK_R`` output rows x ``BLOCK_K`` elements alon
    materialising the transpose). The backward's re-quantization of the forward-quantized W and X reads
    their exact BF16 block values (one conversion pass, kernels/fold.py) transposed, times their tensor
    scale and factor: the dequantized values, as the reference's ``dequantize()``;
-2. rotate along the axis by a G x G matrix ``M`` (fixed or random-sign Hadamard, built on the host from
-   the seed exactly as the reference builds it) as a small matmul (``tl.dot``);
+2. rotate along the axis by a G x G matrix ``M`` (fixed or random-sign Hadamard, formed on the device from
+   the seed by ``prepare_rotation``, with the reference's signs) as a small matmul (``tl.dot``);
 3. compute the group scales and round: MXFP4 rules OCP / QuEST (with trust mask) / Tseng 3/4 (RTN or
    SR), NVFP4 rules RTN (any val_max) / 4-over-6 / SR / MS-EDEN (per-group correction and stochastic
    rounding of the corrected E4M3 scale). NVFP4's FP32 tensor scale comes from a first pass over the
@@ -23,7 +23,8 @@ Arithmetic follows ``fp4compile.reference`` operation for operation (same FP32 e
 bit for non-rotating deterministic rules; with a rotation the FP32 sums of the matmul may differ from the
 reference's in the last bit, which flips a code only when a value sits on a rounding boundary (tests
 measure the rate). Stochastic rounding draws counter-based uniforms (``tl.rand`` keyed by seed and element
-index) or, for bit-exact tests, reads the reference's uniforms from a tensor.
+index; the seed is read from a device tensor, so CUDA-graph replays draw new ones) or, for bit-exact tests,
+reads the reference's uniforms from a tensor.
 
 Reference twins: ``fp4compile.reference.mxfp4`` and ``fp4compile.reference.nvfp4``.
 """
@@ -581,8 +582,9 @@ def quantize(
     ``x`` is a dense 2-D tensor, or a QuantizedTensor ``[Kq, R]`` (the backward's re-quantization of a
     forward-quantized operand) whose exact BF16 block values are written first (kernels/fold.py) and read
     transposed, times its tensor scale and factor.
-    ``rotation`` is the G x G matrix the reference would use (or None): built on the CPU it costs no host
-    sync. The quantization axis is zero-padded to a multiple of ``pad_to``. ``uniforms`` (element, scale)
+    ``rotation`` is the G x G matrix the reference would use (or None): a PreparedRotation from
+    ``prepare_rotation`` costs no host sync (a plain matrix is prepared here; tests pass those). ``seed``: an
+    int or a DeviceSeed (``fp4compile.seeds``). The quantization axis is zero-padded to a multiple of ``pad_to``. ``uniforms`` (element, scale)
     replaces the kernel's counter-based draws with given ones (tests). Returns the quantized tensor and
     its packed trust-mask bits (or None).
     """

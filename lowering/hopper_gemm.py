@@ -71,7 +71,7 @@ _NAN_ROW = FP8_HEADROOM - _MIN_SHIFT + 1  # row of the fold table holding NaNs
 
 # Counts over every fold since the last reset (gemm_nt folds both operands of an MXFP4 x MXFP4 GEMM, the
 # quantize kernel folds what it writes in the FP8 form):
-#   groups folded (a host int), and
+#   groups folded (a host int: launches made from Python; CUDA-graph replays do not add to it), and
 #   unfoldable groups: a nonzero code more than 14 binades below their row's largest group (rounded in E4M3
 #   instead of exact), accumulated on each device in one int64 counter that kernels add to directly (no
 #   extra launch, no host sync). Read them with fold_stats() (which syncs), reset with reset_fold_stats().

@@ -184,7 +184,10 @@ def test_cudagraphs_option_off_with_a_reason_where_ops_cannot_be_captured():
     torch._dynamo.reset()
     with pytest.warns(UserWarning, match=r"cudagraphs'\] is off for this graph: '\w+' \(\w+\) runs the reference kernels"):
         compiled, records = _compiled_run("quartet", cudagraphs=True)
-    assert records[0].counters["cudagraphs_off"] >= 1
+    assert records[0].counters["cudagraphs_off"] >= 1 and records[0].cudagraphs.startswith("off: ")
+    from fp4compile.explain import Report
+
+    assert "CUDA graphs: off: " in str(Report("quartet", records))
     _assert_same(compiled, train_steps(f4.quantize_linears(make_tiny(), "quartet", seed=7), 2))
     with pytest.raises(Exception, match="cudagraphs'\\]=True needs Inductor"):
         torch.compile(make_tiny(), backend="quartet", options={"cudagraphs": True, "inductor": False})(*batch())
