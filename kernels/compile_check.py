@@ -37,8 +37,7 @@ def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, pr
     from fp4compile.kernels.rotate_quantize import quantize_kernel
 
     constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=scaled, TRANS_LOAD=scaled or sr,
-                      HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed, VALUES=values, HW_E4M3=capability >= 89,
-                      BLOCK_R=32, BLOCK_K=128)
+                      HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed, VALUES=values, BLOCK_R=32, BLOCK_K=128)
     types = {**_SOURCE_TYPES, "s32_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32", "mask_ptr": "*u8", "val_max": "fp32",
              "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "rs_ptr": "*fp32", "count_ptr": "*i64", "seed_ptr": "*i64"}
     return _compile(quantize_kernel, constexprs, types, capability)

@@ -123,17 +123,6 @@ def _e4m3_rn(v):
 
 
 @triton.jit
-def _e4m3_byte_hw(v):
-    """Non-negative float32 -> E4M3 byte (int32) by the hardware conversion (sm_89+): RNE, saturating at 448,
-    NaN -> 0x7F; the byte ``_e4m3_rn`` computes. One PTX ``cvt`` per element, on the element's own register:
-    Triton 3.6's float8e4nv cast packs four elements per register and misplaced bytes on sm_90 for
-    transposed and SR tiles (tests/kernels/test_fold_kernels.py), this cannot."""
-    return tl.inline_asm_elementwise(
-        "{ .reg .b16 t; cvt.rn.satfinite.e4m3x2.f32 t, 0f00000000, $1; cvt.u32.u16 $0, t; }",
-        "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
-
-
-@triton.jit
 def _e4m3_from_byte(b):
     """E4M3 byte (non-negative) -> float32, in integer arithmetic; 0x7F -> NaN."""
     b = b.to(tl.int32)
@@ -263,7 +252,7 @@ def quantize_kernel(
     val_max,
     RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
     SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, HAS_U: tl.constexpr, WRITE_MASK: tl.constexpr, CORR: tl.constexpr, WRITE_PACKED: tl.constexpr, VALUES: tl.constexpr,
-    HW_E4M3: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -370,13 +359,10 @@ def quantize_kernel(
         scale2 = tl.reshape(tl.broadcast_to(_pow2(shift)[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
         bad2 = tl.reshape(tl.broadcast_to(bad[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
         mag8 = q * scale2
-        # E4M3 bytes (exact for shift >= -8, RNE below, as torch's cast). Not Triton's fp32 -> float8e4nv cast:
-        # on sm_90 (Triton 3.6) it returned the wrong element's byte for some layouts (transposed loads,
-        # tl.rand tiles), measured by tests/kernels/test_fold_kernels.py on an H200.
-        if HW_E4M3:  # the PTX conversion (GPUs of compute capability 8.9+)
-            v8 = _e4m3_byte_hw(mag8)
-        else:  # the same bytes in integer arithmetic (the CPU interpreter, and its reference for the PTX path)
-            _, v8 = _e4m3_rn(mag8)
+        # E4M3 bytes in integer arithmetic (exact for shift >= -8, RNE below, as torch's cast). Not Triton's
+        # fp32 -> float8e4nv conversion: on sm_90 (Triton 3.6) it returned the wrong element's byte for some
+        # layouts (transposed loads, tl.rand tiles), measured by tests/kernels/test_fold_kernels.py on an H200.
+        _, v8 = _e4m3_rn(mag8)
         v8 = tl.where(bad2, 0x7F, v8 | (((codes >> 3) & 1) << 7))  # the code's sign bit, -0 included; NaN groups
         tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v8.to(tl.uint8), mask=row_ok)
         nonzero = (tl.max(tl.reshape(codes & 7, (BLOCK_R, NG, GROUP)), axis=2) > 0) & ~bad
@@ -573,14 +559,6 @@ def prepare_rotation(rotation: Rotation, seed: Seed | None, device: torch.device
     return PreparedRotation(h * signs[None, :] if inverse else signs[:, None] * h, c)
 
 
-def hardware_e4m3(device: torch.device) -> bool:
-    """Whether the kernel converts to E4M3 with the PTX instruction (CUDA, compute capability 8.9+; not in the
-    CPU interpreter, which runs the integer twin ``_e4m3_rn``). ``FP4COMPILE_E4M3=integer`` forces the twin."""
-    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("FP4COMPILE_E4M3") == "integer":
-        return False
-    return torch.cuda.get_device_capability(device) >= (8, 9)
-
-
 def _precision(dtype: torch.dtype, device: torch.device) -> str:
     if device.type != "cuda":
         return "ieee"
@@ -711,7 +689,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         out_values, e_r, row_scale, count,
         r, k, k_out, seed_ptr, seed_salt, rule.val_max,
         RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
-        WRITE_PACKED=keep_packed, VALUES=values, HW_E4M3=hardware_e4m3(device), **common, **_NO_FMA,
+        WRITE_PACKED=keep_packed, VALUES=values, **common, **_NO_FMA,
     )
     # alpha = tensor scale * factor, formed as the reference forms it (float32); MXFP4's tensor scale is 1, so
     # its alpha is the factor alone, kept on the host (a 0-dim CPU tensor: no kernel, no copy)

@@ -8,7 +8,6 @@
 #   bash scripts/device_check.sh train   # bench_train.py: ~1B training step throughput and memory vs BF16 and torchao
 #   bash scripts/device_check.sh train2  # GPU tests named in TESTS, the 1B step with CUDA graphs, a 20m tokens/s probe
 #   bash scripts/device_check.sh final   # the GPU test suite, then the 1B table with and without CUDA graphs
-#   bash scripts/device_check.sh e4m3    # FP8-form tests, kernel bandwidth with the PTX and the integer E4M3 conversion, quartet's linear table
 #   bash scripts/device_check.sh multigpu  # (2 GPUs) 20m quartet: 1 GPU, another seed, DDP and FSDP2 on 2, compared
 #   bash scripts/device_check.sh graphs  # GPU tests, host/GPU profile with and without CUDA graphs, the linear table with them
 # torchao travels as a wheel in .whl/ (carry it). Logs land in $OUT.
@@ -81,12 +80,6 @@ case "${1:-tests}" in
       --json "$OUT/bench_train_graphs.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train_graphs.log" | tail -10
     timeout 110 python3 examples/bench_train.py --recipes quartet --float8 '' --warmup 1 --steps 3 \
       --json "$OUT/bench_train_plain.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train_plain.log" | tail -6
-    ;;
-  e4m3)  # the PTX E4M3 conversion: bit-exactness first, then its speed against the integer twin
-    timeout 130 python3 -m pytest -q -p no:cacheprovider -x tests/kernels/test_fold_kernels.py tests/kernels/test_triton_lowering.py 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -3
-    timeout 70 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels_ptx.log"
-    FP4COMPILE_E4M3=integer timeout 70 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels_integer.log"
-    timeout 150 python3 examples/bench_linear.py --cudagraphs --recipes quartet 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
     ;;
   all)  # kernel tests, kernel bandwidth (with the tile sweep), then the linear-layer table
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8
