@@ -93,12 +93,6 @@ def _counter(state: int, site: str, device: torch.device) -> Tensor:
     return _STEPS[key]
 
 
-def reset_steps(state: int) -> None:
-    """Forget the step counts of one compiled graph (its next call is step 0 again)."""
-    for key in [k for k in _STEPS if k[0] == state]:
-        _STEPS[key].zero_()
-
-
 # --------------------------------------------------------------------------------------------
 # quantize (forward operands of the output GEMM)
 # --------------------------------------------------------------------------------------------
