@@ -45,10 +45,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--out", default="runs/accuracy")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cudagraphs", action="store_true", help="every recipe (bf16 included) replays its steps as CUDA graphs")
+    p.add_argument("--cudagraphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="every recipe (bf16 included) replays its steps as CUDA graphs (default: on when there is a GPU)")
     p.add_argument("--plot", default=None, help="also draw every recipe's loss curves into this PNG")
     p.add_argument("--table", default=None, help="also write the markdown table (and the ordering checks) to this file")
     args = p.parse_args(argv)
+    if args.cudagraphs is None:
+        args.cudagraphs = train.torch.cuda.is_available()
     recipes = [r for r in args.recipes.split(",") if r]
     if "bf16" not in recipes:
         recipes.insert(0, "bf16")
