@@ -9,7 +9,9 @@
    ``no_grad``), the pipeline rewrites the linear layers' GEMMs into fp4compile ops, the min-cut
    partitioner splits it, and Inductor compiles everything else as usual. With ``inductor=False`` the
    same passes run through ``aot_autograd`` with a custom partition function and the graphs run eagerly
-   (the middle rung of the compile ladder);
+   (the middle rung of the compile ladder). With ``cudagraphs`` (or ``mode="reduce-overhead"``) Inductor
+   replays each graph as a CUDA graph, unless its ops read seeds on the host (``cudagraph_blocker``: then
+   that graph runs without, with a warning saying why);
 3. keeps a :class:`GraphRecord` of what it did (sites, graphs, saved tensors, counters) for
    ``fp4compile.explain`` and for tests, and dumps it to a folder when ``FP4COMPILE_DUMP`` or the
    ``dump_dir`` option is set.
