@@ -399,7 +399,6 @@ def quantize_kernel(
 import functools  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-from collections import OrderedDict  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
@@ -517,25 +516,17 @@ def device_constant(value: float, device: torch.device) -> torch.Tensor:
     return _cached(("float32", value), device, lambda: torch.tensor([value], dtype=torch.float32, device=device))
 
 
-_INT_SEEDS: OrderedDict[tuple[int, torch.device], torch.Tensor] = OrderedDict()
-
-
 def kernel_seed(seed: Seed, device: torch.device) -> tuple[torch.Tensor, int]:
     """``(seed_ptr, seed_salt)`` for the kernels: the seed is ``(seed_ptr[0] & 0x7FFFFFFF) ^ seed_salt``.
 
-    A DeviceSeed is passed as it is (no host sync); an int seed (tests, no-gradient calls) goes through a
-    small cache of device copies.
+    A DeviceSeed is passed as it is (no host sync); an int seed (no-gradient calls: one per layer; tests)
+    is a cached device copy, never evicted: a captured CUDA graph keeps reading its address.
     """
     if isinstance(seed, DeviceSeed):
         base = seed.base.reshape(1)
         return (base if base.device == torch.device(device) else base.to(device)), seed.salt & KEY_BITS
-    key = (int(seed) & KEY_BITS, torch.device(device))
-    if key not in _INT_SEEDS:
-        _INT_SEEDS[key] = persistent.make(device, lambda: torch.tensor([key[0]], dtype=torch.int64, device=device))
-        if len(_INT_SEEDS) > 64:
-            _INT_SEEDS.popitem(last=False)
-    _INT_SEEDS.move_to_end(key)
-    return _INT_SEEDS[key], 0
+    value = int(seed) & KEY_BITS
+    return _cached(("seed", value), device, lambda: torch.tensor([value], dtype=torch.int64, device=device)), 0
 
 
 def prepare_rotation(rotation: Rotation, seed: Seed | None, device: torch.device, *, inverse: bool = False) -> PreparedRotation | None:
