@@ -38,8 +38,10 @@ from fp4compile.rotations import Rotation
 from fp4compile.seeds import Seed, host_seed, sub_seed
 
 
-def _operand(src, plan: OperandPlan, rotation: Rotation, rot_seed: Seed, seed: Seed, *, transpose: bool = False) -> Operand:
+def _operand(src, plan: OperandPlan, rotation: Rotation, m: PreparedRotation | None, rot_seed: Seed, seed: Seed, *, transpose: bool = False) -> Operand:
     """Quantize ``src`` (dense, or packed read transposed) along its (transposed) last axis, into ``plan.form``.
+
+    ``m`` is ``rotation`` prepared once per GEMM (``prepare_rotation``): both operands share the draw.
 
     Falls back to the reference composition for quantizers without a kernel rule and for operands left in
     high precision (``plan.quantizer is None``); the reference reads its seeds on the host (a sync, which
@@ -47,7 +49,6 @@ def _operand(src, plan: OperandPlan, rotation: Rotation, rot_seed: Seed, seed: S
     """
     q = None if plan.quantizer is None else get_quantizer(plan.quantizer)
     if q is not None and supports(q):
-        m = prepare_rotation(rotation, rot_seed, _device_of(src))
         if plan.form in (Form.FP8, Form.BF16):
             values, _, _ = quantize_for_gemm(src, q, m, seed, form=plan.form.value, transpose=transpose, pad_to=plan.pad_to)
             return values
@@ -58,10 +59,6 @@ def _operand(src, plan: OperandPlan, rotation: Rotation, rot_seed: Seed, seed: S
     dense = torch.nn.functional.pad(dense.float(), (0, pad)) if pad else dense.float()
     rotated = rotation.apply(dense, host_seed(rot_seed) if rotation.is_random else None)
     return rotated if q is None else q.quantize(rotated, host_seed(seed))
-
-
-def _device_of(src) -> torch.device:
-    return src.codes.device if isinstance(src, QuantizedTensor) else src.device
 
 
 def _plans(recipe: Recipe, device: torch.device) -> tuple[OperandPlan, ...]:
@@ -132,8 +129,9 @@ def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: R
     plans = _plans(recipe, grad.device)
     pe, pw = operand(plans, "grad_input", "grad_output"), operand(plans, "grad_input", "weight")
     rseed = ref.rotation_seed(seed, "backward")
+    m = prepare_rotation(spec.rotation, rseed, grad.device)  # one draw for both operands
     # === GEMM 2: grad_input = Q(E R) @ Q(W^T R)^T   [T,N] @ [N,K] -> [T,K]
-    e_q = _operand(grad, pe, spec.rotation, rseed, sub_seed(seed, "grad_input", "grad_output"))
+    e_q = _operand(grad, pe, spec.rotation, m, rseed, sub_seed(seed, "grad_input", "grad_output"))
     if recipe.weight_for_backward is Source.QUANTIZED and wq is not None and spec.b is None and spec.rotation.is_identity:
         # the forward Wq reused as is (NVIDIA's recipe): its exact BF16 block values, transposed, and its alpha
         w_t = block_values_bf16(wq).t()  # [K, N]
@@ -143,9 +141,9 @@ def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: R
         return _finish(acc, wq.alpha if alpha is None else alpha * wq.alpha, x_mask, k, recipe, seed, out_dtype)
     w_seed = sub_seed(seed, "grad_input", "weight")
     if recipe.weight_for_backward is Source.QUANTIZED and wq is not None:
-        w_q = _operand(wq, pw, spec.rotation, rseed, w_seed)  # packed [N, K], read transposed as W^T [K, N]
+        w_q = _operand(wq, pw, spec.rotation, m, rseed, w_seed)  # packed [N, K], read transposed as W^T [K, N]
     else:
-        w_q = _operand(w_hp, pw, spec.rotation, rseed, w_seed, transpose=True)
+        w_q = _operand(w_hp, pw, spec.rotation, m, rseed, w_seed, transpose=True)
     acc, alpha = gemm_accumulate(e_q, w_q)
     return _finish(acc, alpha, x_mask, k, recipe, seed, out_dtype)
 
@@ -155,12 +153,13 @@ def grad_weight(grad, xq: QuantizedTensor | None, x_hp, w_mask, k: int, recipe: 
     plans = _plans(recipe, grad.device)
     pe, px = operand(plans, "grad_weight", "grad_output"), operand(plans, "grad_weight", "input")
     rseed = ref.rotation_seed(seed, "backward")
+    m = prepare_rotation(spec.rotation, rseed, grad.device)  # one draw for both operands
     # === GEMM 3: grad_weight = Q(E^T R) @ Q(X^T R)^T   [N,T] @ [T,K] -> [N,K]
-    e_q = _operand(grad, pe, spec.rotation, rseed, sub_seed(seed, "grad_weight", "grad_output"), transpose=True)
+    e_q = _operand(grad, pe, spec.rotation, m, rseed, sub_seed(seed, "grad_weight", "grad_output"), transpose=True)
     x_seed = sub_seed(seed, "grad_weight", "input")
     if recipe.input_for_backward is Source.QUANTIZED and xq is not None:
-        x_q = _operand(xq, px, spec.rotation, rseed, x_seed)
+        x_q = _operand(xq, px, spec.rotation, m, rseed, x_seed)
     else:
-        x_q = _operand(x_hp, px, spec.rotation, rseed, x_seed, transpose=True)
+        x_q = _operand(x_hp, px, spec.rotation, m, rseed, x_seed, transpose=True)
     acc, alpha = gemm_accumulate(e_q, x_q)
     return _finish(acc, alpha, w_mask, k, recipe, seed, out_dtype)
