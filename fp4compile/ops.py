@@ -35,7 +35,6 @@ from fp4compile.reference import linear as ref
 from fp4compile.seeds import STEP_STRIDE, DeviceSeed, Seed, step_key, sub_seed
 
 Tensor = torch.Tensor
-_STEPS: dict[tuple[int, str, torch.device], Tensor] = {}  # per call site and device: its step counter
 
 
 def _host_seed(seed: Tensor | None, fallback: int) -> int:
@@ -87,10 +86,8 @@ def _(anchor, base_seed, site, state):
 
 
 def _counter(state: int, site: str, device: torch.device) -> Tensor:
-    key = (state, site, device)
-    if key not in _STEPS:
-        _STEPS[key] = persistent.make(device, lambda: torch.zeros(1, dtype=torch.int64, device=device))
-    return _STEPS[key]
+    """The step counter of one call site of one compiled graph (int64 [1] on ``device``)."""
+    return persistent.cached(("step counter", state, site), device, lambda: torch.zeros(1, dtype=torch.int64, device=device))
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,3 +38,15 @@ def make(device: torch.device | str, build: Callable[[], torch.Tensor]) -> torch
         return out
 
     return _BUILDER.submit(run).result()
+
+
+_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def cached(key: tuple, device: torch.device | str, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The tensor cached under ``(key, device)``, made by :func:`make` on first use and never evicted (a
+    captured CUDA graph keeps reading its address)."""
+    full = (*key, torch.device(device))
+    if full not in _CACHE:
+        _CACHE[full] = make(device, build)
+    return _CACHE[full]

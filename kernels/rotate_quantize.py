@@ -495,25 +495,14 @@ def host_factor(factor: float) -> torch.Tensor:
     return torch.ones((), dtype=torch.float32) * factor
 
 
-_CACHE: dict[tuple, torch.Tensor] = {}
-
-
-def _cached(key: tuple, device: torch.device, build) -> torch.Tensor:
-    """A device tensor kept across calls, allocated outside CUDA-graph pools (fp4compile.persistent)."""
-    key = (*key, torch.device(device))
-    if key not in _CACHE:
-        _CACHE[key] = persistent.make(device, build)
-    return _CACHE[key]
-
-
 def placeholder(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A cached 1-element tensor for a pointer argument the kernel does not touch in this specialisation."""
-    return _cached(("placeholder", dtype), device, lambda: torch.empty(1, dtype=dtype, device=device))
+    return persistent.cached(("placeholder", dtype), device, lambda: torch.empty(1, dtype=dtype, device=device))
 
 
 def device_constant(value: float, device: torch.device) -> torch.Tensor:
     """A cached float32 one-element tensor on ``device`` (no host-to-device copy per call)."""
-    return _cached(("float32", value), device, lambda: torch.tensor([value], dtype=torch.float32, device=device))
+    return persistent.cached(("float32", value), device, lambda: torch.tensor([value], dtype=torch.float32, device=device))
 
 
 def kernel_seed(seed: Seed, device: torch.device) -> tuple[torch.Tensor, int]:
@@ -526,7 +515,7 @@ def kernel_seed(seed: Seed, device: torch.device) -> tuple[torch.Tensor, int]:
         base = seed.base.reshape(1)
         return (base if base.device == torch.device(device) else base.to(device)), seed.salt & KEY_BITS
     value = int(seed) & KEY_BITS
-    return _cached(("seed", value), device, lambda: torch.tensor([value], dtype=torch.int64, device=device)), 0
+    return persistent.cached(("seed", value), device, lambda: torch.tensor([value], dtype=torch.int64, device=device)), 0
 
 
 def prepare_rotation(rotation: Rotation, seed: Seed | None, device: torch.device, *, inverse: bool = False) -> PreparedRotation | None:
@@ -540,7 +529,7 @@ def prepare_rotation(rotation: Rotation, seed: Seed | None, device: torch.device
         return None
     device = torch.device(device)
     c = float(torch.tensor(1.0 / rotation.size**0.5, dtype=torch.float32))  # max |M|, float32 1/sqrt(G)
-    h = _cached(("hadamard+-1", rotation.size), device, lambda: (hadamard_matrix(rotation.size) / c).to(device))
+    h = persistent.cached(("hadamard+-1", rotation.size), device, lambda: (hadamard_matrix(rotation.size) / c).to(device))
     if not rotation.is_random:
         return PreparedRotation(h, c)  # H is symmetric: H^T = H
     if seed is None:

@@ -130,9 +130,6 @@ def _check_packed(codes: torch.Tensor, scales: torch.Tensor, group_size: int, wh
         )
 
 
-_TABLES: dict[tuple[str, torch.device], torch.Tensor] = {}
-
-
 def _pair_values(device: torch.device) -> torch.Tensor:
     """E2M1 values of the two elements of every packed byte: ``[256, 2]`` float32 (element 2i first)."""
     byte = torch.arange(256, dtype=torch.int32, device=device).to(torch.uint8)
@@ -148,7 +145,7 @@ def _fp8_table(device: torch.device) -> torch.Tensor:
         values = torch.cat([values, torch.full_like(values[:1], float("nan"))])  # [21, 256, 2]
         return values.to(torch.float8_e4m3fn).view(torch.uint8).view(torch.int16).reshape(-1)
 
-    return _table("fp8", device, build)
+    return persistent.cached(("fp8 table",), device, build)
 
 
 def _bf16_table(device: torch.device) -> torch.Tensor:
@@ -158,14 +155,7 @@ def _bf16_table(device: torch.device) -> torch.Tensor:
         values = s8[:, None, None] * _pair_values(device)[None]  # [256 scales, 256 bytes, 2] f32
         return values.to(torch.bfloat16).view(torch.int32).reshape(-1)
 
-    return _table("bf16", device, build)
-
-
-def _table(name: str, device: torch.device, build) -> torch.Tensor:
-    key = (name, torch.device(device))
-    if key not in _TABLES:
-        _TABLES[key] = persistent.make(device, build)  # kept across calls: outside CUDA-graph pools
-    return _TABLES[key]
+    return persistent.cached(("bf16 table",), device, build)
 
 
 def _fold(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
