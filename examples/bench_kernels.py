@@ -42,6 +42,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=16384)
     p.add_argument("--cols", type=int, default=4096)
     p.add_argument("--sweep", action="store_true", help="also time tile sizes of two kernels")
+    p.add_argument("--once", action="store_true",
+                   help="run each case once between cudaProfilerStart/Stop, no timing (for `ncu --profile-from-start off`)")
     args = p.parse_args()
     x = torch.randn(args.rows, args.cols, device="cuda", dtype=torch.bfloat16)
     copy_ms = triton.testing.do_bench(lambda: x.clone(), return_mode="median")
@@ -60,6 +62,14 @@ def main() -> None:
             bytes_in = x.numel() * 2
             fn = functools.partial(quantize_for_gemm, x, q, rotation, 1, form=form, keep_packed=keep, transpose=source == "transposed")
         values, packed, mask = fn()
+        if args.once:
+            torch.cuda.synchronize()
+            torch.cuda.profiler.start()
+            fn()
+            torch.cuda.synchronize()
+            torch.cuda.profiler.stop()
+            print(f"| {label} | profiled once |")
+            continue
         bytes_out = values.values.numel() * values.values.element_size()
         if packed is not None:
             bytes_out += packed.codes.numel() + packed.scales.numel() + (0 if mask is None else mask.numel())

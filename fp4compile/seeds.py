@@ -11,16 +11,17 @@ Two kinds of draw:
   31 bits and the element index, written with int64 torch ops: the same bits on the CPU, on the GPU, from
   an int seed or from a :class:`DeviceSeed`, and in the Triton lowering (which builds its matrices with
   this very function), so the reference and the kernels rotate identically;
-* stochastic-rounding uniforms (``uniforms``) of the reference come from a CPU generator keyed by the
-  seed; the kernels draw counter-based Philox uniforms from the same seed's low 31 bits instead
-  (statistically equivalent, tested as such).
+* stochastic-rounding uniforms (``uniforms``): element i (row-major) of the rounded tensor gets the top 24
+  bits of the same hash of (seed, i) over 2^24, so the reference and the Triton kernels (which form it per
+  element in registers, ~10 integer operations where Philox took ~50) draw the same uniforms, bit for bit;
+  MS-EDEN's scale draws use the key ``seed ^ SCALE_SALT``.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import threading
+import math
 from typing import NamedTuple
 
 import torch
@@ -29,6 +30,7 @@ _MASK63 = (1 << 63) - 1
 _MASK62 = (1 << 62) - 1
 _MASK32 = (1 << 32) - 1
 KEY_BITS = 0x7FFFFFFF  # the kernels' Philox key and the sign hash use a seed's low 31 bits
+SCALE_SALT = 0x2F6B1D35  # < 2^31: the key of MS-EDEN's scale draws is seed ^ SCALE_SALT
 STEP_STRIDE = 0x2545F491  # odd, < 2^31: step * STRIDE stays below 2^62 for 2^31 steps, distinct low bits
 
 
@@ -111,17 +113,19 @@ def random_signs(n: int, seed: Seed, device: torch.device | str = "cpu") -> torc
     return (1 - 2 * bits).to(torch.float32)
 
 
-_LOCAL = threading.local()
-
-
-def _generator(seed: int) -> torch.Generator:
-    """This thread's CPU generator, re-seeded (as fresh as a new one, without the cost of making one)."""
-    gen = getattr(_LOCAL, "generator", None)
-    if gen is None:
-        gen = _LOCAL.generator = torch.Generator(device="cpu")
-    return gen.manual_seed(int(seed) & _MASK63)
-
-
 def uniforms(shape: tuple[int, ...] | torch.Size, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Float32 uniforms in [0, 1) of ``shape``, drawn on the CPU from ``seed`` and moved to ``device``."""
-    return torch.rand(tuple(shape), generator=_generator(seed), dtype=torch.float32).to(device)
+    """Float32 uniforms in [0, 1) of ``shape``: element i (row-major) is ``(hash32(seed & KEY_BITS, i) >> 8) / 2^24``.
+
+    Counter-based, so the kernels draw the very same value for element (r, k) of an [R, K] tensor
+    (i = r * K + k) without reading this tensor. Fewer than 2^31 elements.
+    """
+    n = math.prod(shape)
+    if n >= 1 << 31:
+        raise ValueError(f"uniforms: {n} elements; the counter-based draw indexes fewer than 2^31")
+    bits = hash32(int(seed) & KEY_BITS, torch.arange(n, device=device))
+    return ((bits >> 8).to(torch.float32) * 2.0**-24).reshape(tuple(shape))
+
+
+def scale_seed(seed: int) -> int:
+    """The seed of MS-EDEN's stochastic scale rounding, given the operand's seed (a kernel forms it on the device)."""
+    return int(seed) ^ SCALE_SALT

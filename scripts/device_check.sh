@@ -9,6 +9,7 @@
 #   bash scripts/device_check.sh train2  # GPU tests named in TESTS, the 1B step with CUDA graphs, a 20m tokens/s probe
 #   bash scripts/device_check.sh final   # the GPU test suite, then the 1B table with and without CUDA graphs
 #   bash scripts/device_check.sh multigpu  # (2 GPUs) 20m quartet: 1 GPU, another seed, DDP and FSDP2 on 2, compared
+#   bash scripts/device_check.sh ncu     # kernel bandwidth, then Nsight Compute counters of every quantize launch (one each)
 #   bash scripts/device_check.sh graphs  # GPU tests, host/GPU profile with and without CUDA graphs, the linear table with them
 # torchao travels as a wheel in .whl/ (carry it). Logs land in $OUT.
 set -uo pipefail
@@ -80,6 +81,13 @@ case "${1:-tests}" in
       --json "$OUT/bench_train_graphs.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train_graphs.log" | tail -10
     timeout 110 python3 examples/bench_train.py --recipes quartet --float8 '' --warmup 1 --steps 3 \
       --json "$OUT/bench_train_plain.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train_plain.log" | tail -6
+    ;;
+  ncu)  # where the quantize kernels' time goes: bandwidth table, then hardware counters per launch
+    timeout 150 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
+    timeout 300 ncu --clock-control none --profile-from-start off --section SpeedOfLight --section LaunchStats --section Occupancy \
+      --section WarpStateStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section InstructionStats \
+      python3 examples/bench_kernels.py --once ${NCU_ARGS:-} > "$OUT/ncu.txt" 2>&1
+    grep -E "^  [a-z_]+kernel|Duration|Memory Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Executed Ipc A|Issue Slots Busy|One or More Eligible|Stall|Shared Memory Configuration Size" "$OUT/ncu.txt" | head -250
     ;;
   all)  # kernel tests, kernel bandwidth (with the tile sweep), then the linear-layer table
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8

@@ -31,7 +31,7 @@ import torch
 
 from fp4compile import formats
 from fp4compile.quantized import QuantizedTensor, ScaleFormat
-from fp4compile.seeds import derive_seed, uniforms
+from fp4compile.seeds import scale_seed, uniforms
 
 GROUP = 16
 SR_VAL_MAX = 6.0 * 16.0 / 17.0
@@ -135,7 +135,7 @@ def quantize_ms_eden(x: torch.Tensor, seed: int | None = None, correction_group:
     den = (scaled * q).sum(-1).unflatten(-1, (-1, per)).sum(-1)
     corr = torch.where(den > 0, num / den, torch.ones_like(num)).repeat_interleave(per, dim=-1)
     corrected = formats.e4m3_decode(byte) * corr
-    u = uniforms(corrected.shape, derive_seed(seed, "ms_eden_scale"), corrected.device)
+    u = uniforms(corrected.shape, scale_seed(seed), corrected.device)
     new_byte = formats.e4m3_encode_sr(corrected, u)
     byte = torch.where(torch.isfinite(corrected), new_byte, formats.E4M3_NAN_BYTE).to(torch.uint8)
     return _finish(byte, codes, s32)

@@ -22,7 +22,7 @@ import torch
 import fp4compile as f4
 from fp4compile import formats
 from fp4compile.rotations import parse_rotation
-from fp4compile.seeds import derive_seed, uniforms
+from fp4compile.seeds import derive_seed, scale_seed, uniforms
 from tests.conftest import kernel_device, requires_triton
 
 pytestmark = requires_triton
@@ -113,7 +113,7 @@ def test_requantize_from_packed(fwd, bwd, rotation):
     on_dev = f4.QuantizedTensor(wq.codes.to(DEV), wq.scales.to(DEV), wq.scale_format, wq.group_size, wq.tensor_scale.to(DEV), wq.factor)
     src = rot.apply(wq.dequantize().t(), 3)
     shape = src.unflatten(-1, (-1, 16)).shape[:-1] if q.stochastic else None
-    u = (None, uniforms(shape, derive_seed(9, "ms_eden_scale"))) if q.stochastic else None
+    u = (None, uniforms(shape, scale_seed(9))) if q.stochastic else None
     kq, _ = _kernel()(on_dev, q, m, seed=9, uniforms=u)
     ref = q.quantize(src, 9)
     _assert_same(kq, None, ref, rotated=True)
@@ -126,11 +126,23 @@ def test_stochastic_rules_with_reference_uniforms(name, rotation):
     x = torch.randn(32, 256)
     xr = x if rot is None else rot.apply(x, 3)
     if name == "nvfp4_ms_eden":
-        u = (None, uniforms((32, 256 // 16), derive_seed(5, "ms_eden_scale")))
+        u = (None, uniforms((32, 256 // 16), scale_seed(5)))
     else:
         u = (uniforms((32, 256), 5), None)
     kq, _ = _kernel()(x.to(DEV), q, m, seed=5, uniforms=u)
     _assert_same(kq, None, q.quantize(xr, 5), rotated=rot is not None)
+
+
+@pytest.mark.parametrize("name,layout", [("mxfp4_tseng_sr", "rows"), ("nvfp4_sr", "transposed"), ("nvfp4_ms_eden", "padded")])
+def test_stochastic_rules_draw_the_reference_uniforms(name, layout):
+    """Without given uniforms the kernel draws seeds.uniforms' counter-based ones itself: bit-exact."""
+    q = f4.get_quantizer(name)
+    x = torch.randn(37, 200 if layout == "padded" else 256)
+    src = x.t().contiguous() if layout == "transposed" else x
+    seed = derive_seed("sr", name)
+    kq, _ = _kernel()(src.to(DEV), q, None, seed=seed, transpose=layout == "transposed", pad_to=128 if layout == "padded" else 1)
+    xin = torch.nn.functional.pad(x, (0, (-x.shape[1]) % 128))
+    _assert_same(kq, None, q.quantize(xin, seed), rotated=False)
 
 
 @pytest.mark.parametrize("name", ["mxfp4_tseng_sr", "nvfp4_sr", "nvfp4_ms_eden"])
