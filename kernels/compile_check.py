@@ -16,13 +16,13 @@ import sys
 VARIANTS = [
     # (name, RULE, SR, GROUP, G, PRECISION, SCALED, WRITE_MASK, VALUES (0 none, 1 FP8, 2 BF16), WRITE_PACKED)
     ("mxfp4_quest+H32 -> fp8 + packed", 1, False, 32, 32, "bf16", False, True, 1, True),
-    ("mxfp4_tseng_rtn+RHT32 (saved source) -> fp8", 2, False, 32, 32, "tf32x3", True, False, 1, False),
+    ("mxfp4_tseng_rtn+RHT32 (saved source) -> fp8", 2, False, 32, 32, "bf16", True, False, 1, False),
     ("mxfp4_tseng_sr -> fp8", 2, True, 32, 0, "bf16", False, False, 1, False),
     ("mxfp4_rtn -> packed", 0, False, 32, 0, "bf16", False, False, 0, True),
     ("mxfp4_quest+H32 -> packed", 1, False, 32, 32, "bf16", False, True, 0, True),
     ("nvfp4_4over6 -> bf16 + packed", 11, False, 16, 0, "bf16", False, False, 2, True),
     ("nvfp4_sr -> bf16", 10, True, 16, 0, "bf16", False, False, 2, False),
-    ("nvfp4_ms_eden+RHT128 (saved source) -> bf16", 12, False, 16, 128, "tf32x3", True, False, 2, False),
+    ("nvfp4_ms_eden+RHT128 (saved source) -> bf16", 12, False, 16, 128, "bf16", True, False, 2, False),
     ("nvfp4_rtn_16x16 -> bf16 + packed", 13, False, 16, 0, "bf16", False, False, 2, True),
 ]
 # The FP8 form (MXFP4 folded into FP8, VALUES=1) is the Hopper lowering: Blackwell multiplies packed FP4
@@ -37,7 +37,8 @@ def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, pr
     from fp4compile.kernels.rotate_quantize import quantize_kernel
 
     constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=scaled, TRANS_LOAD=scaled or sr,
-                      HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed, VALUES=values, BLOCK_R=32, BLOCK_K=128)
+                      HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed, VALUES=values,
+                      SCALES_IN=values == 1 and rule == 1, BLOCK_R=32, BLOCK_K=128)
     types = {**_SOURCE_TYPES, "s32_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32", "mask_ptr": "*u8", "val_max": "fp32",
              "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "rs_ptr": "*fp32", "count_ptr": "*i64", "seed_ptr": "*i64"}
     return _compile(quantize_kernel, constexprs, types, capability)
@@ -49,9 +50,9 @@ def compile_stats_kernels(capability: int):
 
     for name, row_exp, rule, group, g, out in (("stats: row exponents (QuEST, H32)", True, 1, 32, 32, "*i32"),
                                                ("stats: tensor amax (RHT128)", False, 12, 16, 128, "*fp32")):
-        constexprs = dict(ROW_EXP=row_exp, RULE=rule, GROUP=group, SCALED=False, TRANS_LOAD=False,
+        constexprs = dict(ROW_EXP=row_exp, WRITE_SCALES=row_exp and rule == 1, RULE=rule, GROUP=group, SCALED=False, TRANS_LOAD=False,
                           G=g, PRECISION="bf16", BLOCK_R=32, BLOCK_K=128)
-        yield name, _compile(stats_kernel, constexprs, {**_SOURCE_TYPES, "out_ptr": out}, capability)
+        yield name, _compile(stats_kernel, constexprs, {**_SOURCE_TYPES, "out_ptr": out, "scales_ptr": "*u8"}, capability)
 
 
 def _compile(kernel, constexprs: dict, types: dict, capability: int):

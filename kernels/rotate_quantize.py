@@ -232,31 +232,6 @@ def _group_stats(x, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.cons
 
 
 @triton.jit
-def _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K,
-               SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The [BLOCK_R, BLOCK_K] input tile as float32 (times alpha_ptr[0] with SCALED), zero outside [R, K].
-
-    Element (r, k) is at x_ptr + r*stride_r + k*stride_k. When r is the contiguous axis (TRANS_LOAD: X^T
-    along T read from X) the tile is loaded in memory order as [BLOCK_K, BLOCK_R], so the loads are
-    coalesced, and transposed in registers. SCALED is the re-quantization of a saved FP4 tensor: x holds its
-    exact BF16 block values (kernels/fold.py) and alpha its tensor scale times factor, so the tile is its
-    dequantized value, ``(e2m1 * scale) * alpha``, exactly as the reference's ``dequantize()``.
-    """
-    if TRANS_LOAD:
-        kk = ks[:, None]
-        rr = rows[None, :]
-        nat = tl.load(x_ptr + rr * stride_r + kk * stride_k, mask=(rr < R) & (kk < K), other=0.0).to(tl.float32)  # [BLOCK_K, BLOCK_R]
-        x = tl.trans(nat)
-    else:
-        r2 = rows[:, None]
-        k2 = ks[None, :]
-        x = tl.load(x_ptr + r2 * stride_r + k2 * stride_k, mask=(r2 < R) & (k2 < K), other=0.0).to(tl.float32)
-    if SCALED:
-        x = x * tl.load(alpha_ptr)
-    return x
-
-
-@triton.jit
 def _rotate(x, h_ptr, rot_scale, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr):
     """x [BLOCK_R, BLOCK_K] -> x @ blockdiag(M) along the last axis.
 
@@ -274,9 +249,39 @@ def _rotate(x, h_ptr, rot_scale, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, G
 
 
 @triton.jit
+def _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, h_ptr, rot_scale, G: tl.constexpr, PRECISION: tl.constexpr,
+               SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The [BLOCK_R, BLOCK_K] input tile as float32, rotated along K (G > 0), times alpha_ptr[0] with SCALED; zero outside [R, K].
+
+    Element (r, k) is at x_ptr + r*stride_r + k*stride_k. When r is the contiguous axis (TRANS_LOAD: X^T
+    along T read from X) the tile is loaded in memory order as [BLOCK_K, BLOCK_R], so the loads are
+    coalesced, and transposed in registers. SCALED is the re-quantization of a saved FP4 tensor: x holds its
+    exact BF16 block values (kernels/fold.py) and alpha its tensor scale times factor, so the tile is its
+    dequantized value ``(e2m1 * scale) * alpha`` as the reference's ``dequantize()``. The block values are
+    exact in BF16, so they are rotated on BF16 tensor cores (exact products, FP32 sums) and alpha is
+    applied after: the rotation's FP32 sums round differently from the reference's in the last bit, as
+    every rotation's do.
+    """
+    if TRANS_LOAD:
+        kk = ks[:, None]
+        rr = rows[None, :]
+        nat = tl.load(x_ptr + rr * stride_r + kk * stride_k, mask=(rr < R) & (kk < K), other=0.0).to(tl.float32)  # [BLOCK_K, BLOCK_R]
+        x = tl.trans(nat)
+    else:
+        r2 = rows[:, None]
+        k2 = ks[None, :]
+        x = tl.load(x_ptr + r2 * stride_r + k2 * stride_k, mask=(r2 < R) & (k2 < K), other=0.0).to(tl.float32)
+    if G > 0:
+        x = _rotate(x, h_ptr, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
+    if SCALED:
+        x = x * tl.load(alpha_ptr)
+    return x
+
+
+@triton.jit
 def stats_kernel(
-    x_ptr, stride_r, stride_k, alpha_ptr, h_ptr, rot_scale, out_ptr, R, K,
-    ROW_EXP: tl.constexpr, RULE: tl.constexpr, GROUP: tl.constexpr, SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr,
+    x_ptr, stride_r, stride_k, alpha_ptr, h_ptr, rot_scale, out_ptr, scales_ptr, R, K, K_OUT,
+    ROW_EXP: tl.constexpr, WRITE_SCALES: tl.constexpr, RULE: tl.constexpr, GROUP: tl.constexpr, SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr,
     G: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """The pre-pass over the (rotated) input that the quantize kernel needs before it can write.
@@ -285,24 +290,29 @@ def stats_kernel(
     ROW_EXP = True (MXFP4 written as folded FP8): per row, the largest scale exponent over the groups whose
     E8M0 byte is neither 0 (2^-127) nor 255 (NaN), into out_ptr[row] (int32, pre-filled with _NO_ROW_EXP), by
     atomic max. Those groups always hold a nonzero code, so this is the fold's E_r (lowering/hopper_gemm.py).
+    WRITE_SCALES: also store the E8M0 bytes ``[R, K_OUT/GROUP]``, which the quantize kernel then reads
+    (SCALES_IN) instead of computing them again (worth it for QuEST, whose scale needs the group's std).
     """
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
-    if G > 0:
-        x = _rotate(x, h_ptr, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
+    x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, h_ptr, rot_scale, G, PRECISION, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
     if ROW_EXP:
         xg, amax, bad = _group_stats(x, BLOCK_R, BLOCK_K, GROUP)
         e = _mx_exponent(xg, amax, RULE, GROUP)
         live = ~bad & (e > -127)
         tl.atomic_max(out_ptr + rows, tl.max(tl.where(live, e, _NO_ROW_EXP), axis=1), mask=rows < R)
+        if WRITE_SCALES:
+            NG: tl.constexpr = BLOCK_K // GROUP
+            gc = pid_k * NG + tl.arange(0, NG)
+            tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], tl.where(bad, 255, e + 127).to(tl.uint8), mask=rows[:, None] < R)
     else:
         a = tl.abs(x)
         finite = a < float("inf")  # False for Inf and NaN
         m = tl.max(tl.max(tl.where(finite, a, 0.0), axis=1), axis=0)
-        tl.atomic_max(out_ptr, m)
+        if m > tl.load(out_ptr):  # the running maximum only grows: a program below the value read has nothing to add
+            tl.atomic_max(out_ptr, m)
 
 
 @triton.jit
@@ -319,6 +329,7 @@ def quantize_kernel(
     val_max,
     RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
     SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, HAS_U: tl.constexpr, WRITE_MASK: tl.constexpr, CORR: tl.constexpr, WRITE_PACKED: tl.constexpr, VALUES: tl.constexpr,
+    SCALES_IN: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
@@ -326,9 +337,7 @@ def quantize_kernel(
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     seed = (tl.load(seed_ptr) & 0x7FFFFFFF) ^ seed_salt
-    x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
-    if G > 0:
-        x = _rotate(x, h_ptr, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
+    x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, h_ptr, rot_scale, G, PRECISION, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
     NG: tl.constexpr = BLOCK_K // GROUP
     xg, amax, bad = _group_stats(x, BLOCK_R, BLOCK_K, GROUP)  # [BLOCK_R, NG, GROUP], [BLOCK_R, NG] x2
     if RULE == NV_RTN16:  # one scale per 16x16 tile: reduce over the tile's 16 rows (tiles align with BLOCK_R)
@@ -343,7 +352,11 @@ def quantize_kernel(
     bad2 = tl.reshape(tl.broadcast_to(bad[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
 
     if RULE == MX_OCP or RULE == MX_TSENG or RULE == MX_QUEST:
-        e = _mx_exponent(xg, amax, RULE, GROUP)
+        if SCALES_IN:  # the pre-pass wrote the E8M0 bytes (255 for Inf/NaN groups, whose codes are overridden)
+            gs = pid_k * NG + tl.arange(0, NG)
+            e = tl.load(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gs[None, :], mask=rows[:, None] < R, other=0).to(tl.int32) - 127
+        else:
+            e = _mx_exponent(xg, amax, RULE, GROUP)
         byte = tl.where(bad, 255, e + 127)
         # x / 2^e as x * 2^-e (a power of two too, e in [-127, 127]): the same FP32 result. Tseng's
         # (x * 0.75) / 2^e as x * (0.75 * 2^-e): equal wherever the result is an FP32 normal (below, code 0)
@@ -452,8 +465,9 @@ def quantize_kernel(
         packed = (lo | (hi << 4)).to(tl.uint8)
         pc = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
         tl.store(codes_ptr + rows[:, None] * (K_OUT // 2) + pc[None, :], packed, mask=row_ok)
-        gc = pid_k * NG + tl.arange(0, NG)
-        tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
+        if not SCALES_IN:
+            gc = pid_k * NG + tl.arange(0, NG)
+            tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
         if WRITE_MASK:
             t_lo, t_hi = tl.split(tl.reshape(trust, (BLOCK_R, BLOCK_K // 2, 2)))  # bit pairs first (neighbours share a thread)
             quads = tl.reshape(t_lo | (t_hi << 1), (BLOCK_R, BLOCK_K // 8, 4))
@@ -691,7 +705,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     r, k = (x.shape[1], x.shape[0]) if transpose else x.shape
     stride_r, stride_k = (x.stride(1), x.stride(0)) if transpose else (x.stride(0), x.stride(1))
     device, dense = x.device, x
-    dtype = torch.float32 if scaled else x.dtype  # the scaled tile is float32: rotate it at FP32 precision
+    dtype = x.dtype  # the scaled source is BF16 block values (exact), rotated before alpha is applied
     if not scaled:
         alpha_src = placeholder(torch.float32, device)  # read only with SCALED
     group = quantizer.group_size
@@ -710,7 +724,8 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     is_nv = quantizer.scale_format is ScaleFormat.E4M3
     if is_nv:  # pre-pass: the tensor scale from the (rotated) amax
         amax = torch.zeros(1, device=device, dtype=torch.float32)
-        stats_kernel[grid](*source, amax, r, k, ROW_EXP=False, RULE=rule.rule, GROUP=group, **common, **_NO_FMA)
+        stats_kernel[grid](*source, amax, placeholder(torch.uint8, device), r, k, k_out, ROW_EXP=False, WRITE_SCALES=False,
+                           RULE=rule.rule, GROUP=group, **common, **_NO_FMA)
         s32 = amax / device_constant(rule.scales_max * rule.val_max, device)  # true division, as the reference
         s32 = torch.where(amax > 0, s32, torch.ones_like(s32))
     elif keep_packed:
@@ -720,14 +735,16 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     empty8 = placeholder(torch.uint8, device)  # outputs this launch does not write (never returned)
     values = VALUE_FORMS.get(form, 0)
     e_r = row_scale = count = empty8
+    scales_in = values == 1 and rule.rule == MX_QUEST.value  # QuEST's scales (a std per group) come from the pre-pass
+    scales = torch.empty(r, k_out // group, dtype=torch.uint8, device=device) if keep_packed or scales_in else empty8
     if values == 1:  # pre-pass: each row's largest live scale exponent
         e_r = torch.full((r,), _NO_ROW_EXP.value, dtype=torch.int32, device=device)
-        stats_kernel[grid](*source, e_r, r, k, ROW_EXP=True, RULE=rule.rule, GROUP=group, **common, **_NO_FMA)
+        stats_kernel[grid](*source, e_r, scales, r, k, k_out, ROW_EXP=True, WRITE_SCALES=scales_in, RULE=rule.rule, GROUP=group,
+                           **common, **_NO_FMA)
         row_scale = torch.empty(r, 1, dtype=torch.float32, device=device)
         count = unfoldable_counter(device)  # the kernel adds its unfoldable groups to the device's running count
     out_values = empty8 if values == 0 else torch.empty(r, k_out, dtype=torch.uint8 if values == 1 else torch.bfloat16, device=device)
     codes = torch.empty(r, k_out // 2, dtype=torch.uint8, device=device) if keep_packed else empty8
-    scales = torch.empty(r, k_out // group, dtype=torch.uint8, device=device) if keep_packed else empty8
     write_mask = rule.mask and keep_packed
     mask = torch.empty(r, k_out // 8, dtype=torch.uint8, device=device) if write_mask else empty8
     u_elem, u_scale = uniforms if uniforms is not None else (None, None)
@@ -740,7 +757,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         out_values, e_r, row_scale, count,
         r, k, k_out, seed_ptr, seed_salt, rule.val_max,
         RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
-        WRITE_PACKED=keep_packed, VALUES=values, **common, **_NO_FMA,
+        WRITE_PACKED=keep_packed, VALUES=values, SCALES_IN=scales_in, **common, **_NO_FMA,
     )
     # alpha = tensor scale * factor, formed as the reference forms it (float32); MXFP4's tensor scale is 1, so
     # its alpha is the factor alone, kept on the host (a 0-dim CPU tensor: no kernel, no copy)

@@ -2,7 +2,7 @@
 # Everything that belongs together on the GPU machine, in one go (no network there):
 #   bash scripts/device_check.sh tests   # install, whole test suite (CPU tests on that torch + GPU tests), kernel bandwidth
 #   bash scripts/device_check.sh bench   # one linear layer fwd+bwd at the Llama-7B shapes vs BF16 and torchao float8
-#   bash scripts/device_check.sh all     # kernel + GPU tests, kernel bandwidth with a tile sweep, the linear table
+#   bash scripts/device_check.sh all     # kernel + GPU tests, kernel bandwidth with a tile sweep, the linear table (CUDA graphs)
 #   bash scripts/device_check.sh perf    # where a linear layer's step goes (profile per recipe), kernel bandwidth, the linear table
 #   bash scripts/device_check.sh accuracy [STEPS]  # bench_accuracy.py: every recipe on the 20m model, table + plot in $OUT
 #   bash scripts/device_check.sh train   # bench_train.py: ~1B training step throughput and memory vs BF16 and torchao
@@ -92,6 +92,6 @@ case "${1:-tests}" in
   all)  # kernel tests, kernel bandwidth (with the tile sweep), then the linear-layer table
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8
     timeout 150 python3 examples/bench_kernels.py --sweep 2>&1 | tee "$OUT/bench_kernels.log"
-    timeout 300 python3 examples/bench_linear.py 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
+    timeout 330 python3 examples/bench_linear.py --cudagraphs 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
     ;;
 esac

@@ -8,7 +8,8 @@ on the GPU when there is one, else on the CPU under TRITON_INTERPRET=1 at small 
   core sums may differ from the CPU's in the last bit; on the GPU we then require >= 99.9% equal codes, scales and mask bits
   and tensor-scale differences in the last bit only.)
 * Re-quantization from packed FP4 (dequantize, transpose, rotate, quantize) equals the reference's
-  composition for Quartet's and Quartet II's backward operands.
+  composition for Quartet's and Quartet II's backward operands (to the last bit of the rotation's sums:
+  the kernel rotates the exact block values and applies the tensor scale after).
 * Stochastic rules (mxfp4_tseng_sr, nvfp4_sr, nvfp4_ms_eden with RHT-128) are bit-exact when given the
   reference's uniforms, and with the kernel's own counter-based uniforms they are unbiased (mean over
   seeds -> x, error consistent with the variance alone) and never more than one grid step from RTN.
@@ -43,15 +44,17 @@ def _rot(spec: str | None, seed: int = 3):
     return r, r.matrix(seed)
 
 
-def _assert_same(kq, mask, ref, rotated: bool):
+def _assert_same(kq, mask, ref, rotated: bool, sums_differ: bool = False):
+    """``sums_differ``: the kernel's FP32 sums round differently from the reference's on any device."""
+    rotated = rotated and (ON_GPU or sums_differ)
     ts, ts_ref = kq.tensor_scale.cpu().reshape(()), ref.tensor_scale.reshape(()).float()
-    if rotated and ON_GPU:  # the amax of differently summed rotated values may differ in the last bit
+    if rotated:  # the amax of differently summed rotated values may differ in the last bit
         assert abs(ts - ts_ref) <= 1e-6 * ts_ref
     else:
         assert torch.equal(ts, ts_ref)
     codes_equal = (kq.codes.cpu() == ref.codes)
     scales_equal = (kq.scales.cpu() == ref.scales)
-    if rotated and ON_GPU:
+    if rotated:
         assert codes_equal.float().mean() >= 0.999 and scales_equal.float().mean() >= 0.999
     else:
         assert codes_equal.all(), f"{(~codes_equal).sum().item()} codes differ"
@@ -59,7 +62,7 @@ def _assert_same(kq, mask, ref, rotated: bool):
     if ref.mask is not None:
         assert mask is not None
         same = formats.unpack_bits(mask.cpu()) == ref.mask
-        assert same.all() if not (rotated and ON_GPU) else same.float().mean() >= 0.999
+        assert same.all() if not rotated else same.float().mean() >= 0.999
 
 
 CASES = [
@@ -116,7 +119,7 @@ def test_requantize_from_packed(fwd, bwd, rotation):
     u = (None, uniforms(shape, scale_seed(9))) if q.stochastic else None
     kq, _ = _kernel()(on_dev, q, m, seed=9, uniforms=u)
     ref = q.quantize(src, 9)
-    _assert_same(kq, None, ref, rotated=True)
+    _assert_same(kq, None, ref, rotated=True, sums_differ=True)  # the kernel applies the tensor scale after rotating
 
 
 @pytest.mark.parametrize("name,rotation", [("mxfp4_tseng_sr", "random_hadamard-32"), ("nvfp4_sr", None), ("nvfp4_ms_eden", "random_hadamard-128")])
