@@ -42,14 +42,13 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=16384)
     p.add_argument("--cols", type=int, default=4096)
     p.add_argument("--sweep", action="store_true", help="also time tile sizes of two kernels")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="time every kernel and the copy this many times, interleaved, and report the medians (the GPU's timings drift)")
     p.add_argument("--once", action="store_true",
                    help="run each case once between cudaProfilerStart/Stop, no timing (for `ncu --profile-from-start off`)")
     args = p.parse_args()
     x = torch.randn(args.rows, args.cols, device="cuda", dtype=torch.bfloat16)
-    copy_ms = triton.testing.do_bench(lambda: x.clone(), return_mode="median")
-    copy_bw = 2 * x.numel() * x.element_size() / copy_ms / 1e9  # TB/s: read + write
-    print(f"GPU: {torch.cuda.get_device_name()}, input {args.rows}x{args.cols} bf16; device-to-device copy {copy_ms:.3f} ms = {copy_bw:.2f} TB/s")
-    print("| kernel | time (ms) | TB/s | vs copy |\n|---|---|---|---|")
+    timed = []  # (label, fn, bytes moved)
     for label, name, rot, source, form, keep in CASES:
         q = f4.get_quantizer(name)
         rotation = None if rot is None else parse_rotation(rot).matrix(1)
@@ -73,9 +72,19 @@ def main() -> None:
         bytes_out = values.values.numel() * values.values.element_size()
         if packed is not None:
             bytes_out += packed.codes.numel() + packed.scales.numel() + (0 if mask is None else mask.numel())
-        ms = triton.testing.do_bench(fn, return_mode="median")
-        bw = (bytes_in + bytes_out) / ms / 1e9  # the fewest bytes: input read once, outputs written once
-        print(f"| {label} | {ms:.3f} | {bw:.2f} | {bw / copy_bw:.0%} |")
+        timed.append((label, fn, bytes_in + bytes_out))  # the fewest bytes: input read once, outputs written once
+    if not args.once:
+        copy = lambda: x.clone()  # noqa: E731
+        runs = [[triton.testing.do_bench(f, return_mode="median") for f in (copy, *(t[1] for t in timed))] for _ in range(args.repeat)]
+        med = [sorted(col)[len(col) // 2] for col in zip(*runs, strict=True)]
+        copy_ms = med[0]
+        copy_bw = 2 * x.numel() * x.element_size() / copy_ms / 1e9  # TB/s: read + write
+        print(f"GPU: {torch.cuda.get_device_name()}, input {args.rows}x{args.cols} bf16; device-to-device copy {copy_ms:.3f} ms = {copy_bw:.2f} TB/s "
+              f"(median of {args.repeat} interleaved rounds; copy spread {min(r[0] for r in runs):.3f}-{max(r[0] for r in runs):.3f} ms)")
+        print("| kernel | time (ms) | spread (ms) | TB/s | vs copy |\n|---|---|---|---|---|")
+        for i, (label, _, nbytes) in enumerate(timed, start=1):
+            bw = nbytes / med[i] / 1e9
+            print(f"| {label} | {med[i]:.3f} | {min(r[i] for r in runs):.3f}-{max(r[i] for r in runs):.3f} | {bw:.2f} | {bw / copy_bw:.0%} |")
     if args.sweep:
         for name, rot in (("mxfp4_quest", "hadamard-32"), ("nvfp4_ms_eden", "random_hadamard-128")):
             q, m = f4.get_quantizer(name), parse_rotation(rot).matrix(1)

@@ -8,6 +8,7 @@
 #   bash scripts/device_check.sh train   # bench_train.py: ~1B training step throughput and memory vs BF16 and torchao
 #   bash scripts/device_check.sh train2  # GPU tests named in TESTS, the 1B step with CUDA graphs, a 20m tokens/s probe
 #   bash scripts/device_check.sh final   # the GPU test suite, then the 1B table with and without CUDA graphs
+#   bash scripts/device_check.sh speed   # kernel bandwidth (3 interleaved rounds), then the 1B step of every recipe + float8 row-wise, CUDA graphs
 #   bash scripts/device_check.sh multigpu  # (2 GPUs) 20m quartet: 1 GPU, another seed, DDP and FSDP2 on 2, compared
 #   bash scripts/device_check.sh ncu     # kernel bandwidth, then Nsight Compute counters of every quantize launch (one each)
 #   bash scripts/device_check.sh graphs  # GPU tests, host/GPU profile with and without CUDA graphs, the linear table with them
@@ -88,6 +89,11 @@ case "${1:-tests}" in
       --section WarpStateStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section InstructionStats \
       python3 examples/bench_kernels.py --once ${NCU_ARGS:-} > "$OUT/ncu.txt" 2>&1
     grep -E "^  [a-z_]+kernel|Duration|Memory Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Executed Ipc A|Issue Slots Busy|One or More Eligible|Stall|Shared Memory Configuration Size" "$OUT/ncu.txt" | head -250
+    ;;
+  speed)  # the kernels' bandwidth and the 1B training step with CUDA graphs (no tests: run `all` or `final` for those)
+    timeout 150 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
+    timeout 400 python3 examples/bench_train.py --cudagraphs --recipes quartet,quartet2,nvidia --float8 rowwise --warmup 2 --steps 5 \
+      --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -12
     ;;
   all)  # kernel tests, kernel bandwidth (with the tile sweep), then the linear-layer table
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8
