@@ -11,6 +11,7 @@
 #   bash scripts/device_check.sh speed   # kernel bandwidth (3 interleaved rounds), then the 1B step of every recipe + float8 row-wise, CUDA graphs
 #   bash scripts/device_check.sh multigpu  # (2 GPUs) 20m quartet: 1 GPU, another seed, DDP and FSDP2 on 2, compared
 #   bash scripts/device_check.sh ncu     # kernel bandwidth, then Nsight Compute counters of every quantize launch (one each)
+#   bash scripts/device_check.sh seeds   # (2 GPUs) 20m quartet: 4 seeds on 1 GPU (two at a time), 2 (DDP_SEEDS) under DDP on 2, final val losses compared
 #   bash scripts/device_check.sh graphs  # GPU tests, host/GPU profile with and without CUDA graphs, the linear table with them
 # torchao travels as a wheel in .whl/ (carry it). Logs land in $OUT.
 set -uo pipefail
@@ -75,6 +76,20 @@ case "${1:-tests}" in
     repo=$PWD; cd /tmp/mg
     python3 "$repo/examples/compare_runs.py" one_gpu one_gpu_seed1 ddp_2gpu | tee -a "$OUT/multigpu.md"
     python3 "$repo/examples/compare_runs.py" per_block_1gpu one_gpu_seed1 fsdp_2gpu | tee -a "$OUT/multigpu.md"
+    ;;
+  seeds)  # is the DDP curve within seed noise of the 1-GPU one? several seeds of each, same global batch
+    common="--size 20m --recipe quartet --steps ${STEPS:-300} --batch 64 --seq 256 --eval-every 100 --log-every 100"
+    quiet() { grep -v -i warn | tr '\r' '\n' | grep -E "^\[|Error|error" | tail -2; }
+    for pair in "0 1" "2 3"; do
+      set -- $pair
+      (CUDA_VISIBLE_DEVICES=0 timeout 200 python3 examples/train.py $common --seed $1 --out /tmp/sd/one_s$1 2>&1 | quiet > /tmp/sd_a.log) &
+      (CUDA_VISIBLE_DEVICES=1 timeout 200 python3 examples/train.py $common --seed $2 --out /tmp/sd/one_s$2 2>&1 | quiet > /tmp/sd_b.log) &
+      wait; cat /tmp/sd_a.log /tmp/sd_b.log | tee -a "$OUT/seeds.log"
+    done
+    for s in ${DDP_SEEDS:-0 1}; do
+      timeout 200 python3 -m torch.distributed.run --nproc_per_node 2 examples/train.py $common --seed $s --out /tmp/sd/ddp_s$s 2>&1 | quiet | tee -a "$OUT/seeds.log"
+    done
+    cd /tmp/sd && python3 "$OLDPWD/examples/compare_runs.py" --seeds one_gpu=one_s0,one_s1,one_s2,one_s3 ddp_2gpu=$(for s in ${DDP_SEEDS:-0 1}; do printf ddp_s%s, $s; done | sed 's/,$//') | tee "$OUT/seeds.md"
     ;;
   final)  # the GPU tests on the final code, the 1B rows of every recipe with CUDA graphs, memory without them
     timeout 280 python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -6
