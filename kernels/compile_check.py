@@ -32,7 +32,8 @@ HOPPER_ONLY_VALUES = 1
 _SOURCE_TYPES = {"x_ptr": "*bf16", "alpha_ptr": "*fp32", "codes_ptr": "*u8", "scales_ptr": "*u8", "h_ptr": "*fp32", "rot_scale": "fp32"}
 
 
-def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, precision: str, scaled: bool, mask: bool, values: int, write_packed: bool):
+def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, precision: str, scaled: bool, mask: bool, values: int, write_packed: bool,
+                    *, as_launched: bool = False):
 
     from fp4compile.kernels.rotate_quantize import quantize_kernel
 
@@ -41,10 +42,10 @@ def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, pr
                       SCALES_IN=values == 1 and rule == 1, BLOCK_R=32, BLOCK_K=128)
     types = {**_SOURCE_TYPES, "s32_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32", "mask_ptr": "*u8", "val_max": "fp32",
              "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "rs_ptr": "*fp32", "count_ptr": "*i64", "seed_ptr": "*i64"}
-    return _compile(quantize_kernel, constexprs, types, capability)
+    return _compile(quantize_kernel, constexprs, types, capability, as_launched=as_launched)
 
 
-def compile_stats_kernels(capability: int):
+def compile_stats_kernels(capability: int, *, as_launched: bool = False):
     """The pre-pass: row exponents (MXFP4 -> FP8, QuEST after Hadamard-32) and the rotated tensor amax (MS-EDEN)."""
     from fp4compile.kernels.rotate_quantize import stats_kernel
 
@@ -52,16 +53,26 @@ def compile_stats_kernels(capability: int):
                                                ("stats: tensor amax (RHT128)", False, 12, 16, 128, "*fp32")):
         constexprs = dict(ROW_EXP=row_exp, WRITE_SCALES=row_exp and rule == 1, RULE=rule, GROUP=group, SCALED=False, TRANS_LOAD=False,
                           G=g, PRECISION="bf16", BLOCK_R=32, BLOCK_K=128)
-        yield name, _compile(stats_kernel, constexprs, {**_SOURCE_TYPES, "out_ptr": out, "scales_ptr": "*u8"}, capability)
+        yield name, _compile(stats_kernel, constexprs, {**_SOURCE_TYPES, "out_ptr": out, "scales_ptr": "*u8"}, capability, as_launched=as_launched)
 
 
-def _compile(kernel, constexprs: dict, types: dict, capability: int):
-    """Compile one specialisation of ``kernel`` for sm_<capability>; unlisted runtime arguments are i32."""
+def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launched: bool = False):
+    """Compile one specialisation of ``kernel`` for sm_<capability>; unlisted runtime arguments are i32.
+
+    ``as_launched``: specialise as Triton's launcher does for the usual call, so that the machine code is
+    the one that runs (unit stride along the loaded axis, 16-divisible pointers, strides and sizes).
+    """
     import triton
     from triton.backends.compiler import GPUTarget
 
-    signature = {n: ("constexpr" if n in constexprs else types.get(n, "i32")) for n in kernel.arg_names}
-    src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
+    names = kernel.arg_names
+    attrs = None
+    if as_launched:
+        constexprs = {**constexprs, ("stride_r" if constexprs.get("TRANS_LOAD") else "stride_k"): 1}
+        sized = {"stride_r", "stride_k", "R", "K", "K_OUT"}
+        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in constexprs and (n.endswith("_ptr") or n in sized)}
+    signature = {n: ("constexpr" if n in constexprs else types.get(n, "i32")) for n in names}
+    src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"enable_fp_fusion": False})
 
 

@@ -25,3 +25,15 @@ def test_quantize_kernel_compiles_for_sm90_and_sm100():
     assert out.stdout.count("sm_90 ") == len(VARIANTS) + others
     assert out.stdout.count("sm_100 ") == blackwell + others
     assert out.stdout.count(": ok") == len(VARIANTS) + blackwell + 2 * others
+
+
+@requires_triton
+def test_instruction_count_reports_every_variant():
+    """The SASS instruction counter (the tool that guides kernel work, docs/perf_notes.md) reads every variant."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-m", "fp4compile.kernels.instruction_count"], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    from fp4compile.kernels.compile_check import VARIANTS
+
+    counts = [float(line.split(" per element")[0].rsplit(", ", 1)[1]) for line in out.stdout.splitlines()]
+    assert len(counts) == len(VARIANTS) + 2 and all(c > 0 for c in counts), out.stdout
