@@ -3,6 +3,7 @@ and seed, final validation loss and bits per byte, and each recipe's gap to BF16
 
     python examples/bench_accuracy.py                         # ~20 tokens per parameter, on a GPU
     python examples/bench_accuracy.py --size tiny --steps 20  # a CPU dry run of the pipeline
+    python examples/bench_accuracy.py --parallel 6            # one recipe per GPU on a 6+-GPU machine, all at once
 
 The papers' gaps (numerics.md section 5, C4 val loss with a Llama-2 tokenizer, so only the ordering and
 rough size carry over to byte-level text): Quartet II's ~30M at D/N 25: NVIDIA 0.0548, Quartet II 0.0430;
@@ -13,7 +14,10 @@ Quartet II's gap below NVIDIA's, and naive MXFP4 RTN the worst.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -47,6 +51,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cudagraphs", action=argparse.BooleanOptionalAction, default=None,
                    help="every recipe (bf16 included) replays its steps as CUDA graphs (default: on when there is a GPU)")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="train this many recipes at once, each in its own process and on its own GPU (logs in <out>/<recipe>.log)")
     p.add_argument("--plot", default=None, help="also draw every recipe's loss curves into this PNG")
     p.add_argument("--table", default=None, help="also write the markdown table (and the ordering checks) to this file")
     args = p.parse_args(argv)
@@ -59,9 +65,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     steps = args.steps or max(1, round(args.tokens_per_param * params / (args.batch * args.seq)))
     print(f"accuracy benchmark: {args.size} ({params / 1e6:.1f}M parameters), {steps} steps x {args.batch} x {args.seq} bytes "
           f"= {steps * args.batch * args.seq / params:.1f} tokens per parameter")
-    summaries = train.main(["--size", args.size, "--compare", ",".join(recipes), "--steps", str(steps), "--batch", str(args.batch),
-                            "--seq", str(args.seq), "--eval-every", str(max(1, steps // 4)), "--out", args.out, "--seed", str(args.seed)]
-                            + (["--cudagraphs"] if args.cudagraphs else []))
+    common = (["--size", args.size, "--steps", str(steps), "--batch", str(args.batch), "--seq", str(args.seq),
+               "--eval-every", str(max(1, steps // 4)), "--seed", str(args.seed)] + (["--cudagraphs"] if args.cudagraphs else []))
+    if args.parallel > 1:
+        summaries = train_in_parallel(recipes, common, Path(args.out), args.parallel)
+    else:
+        summaries = train.main(common + ["--compare", ",".join(recipes), "--out", args.out])
     base = next(s for s in summaries if s["recipe"] == "bf16")["val_loss"]
     gaps = {s["recipe"]: s["val_loss"] - base for s in summaries if s["recipe"] != "bf16"}
     lines = ["| recipe | val loss (nats/byte) | bits/byte | gap to bf16 | papers' gap | tokens/s |", "|---|---|---|---|---|---|"]
@@ -75,6 +84,45 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.plot:
         plot_curves(summaries, Path(args.plot))
     return gaps
+
+
+def train_in_parallel(recipes: list[str], common: list[str], out: Path, slots: int) -> list[dict]:
+    """One ``examples/train.py`` process per recipe, ``slots`` at a time, each on its own GPU (CUDA_VISIBLE_DEVICES).
+
+    Same arguments, seed and data order as the sequential run; the summaries are read back from the run folders.
+    """
+    devices = None
+    if train.torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        devices = visible.split(",") if visible else [str(i) for i in range(train.torch.cuda.device_count())]
+        if slots > len(devices):
+            raise SystemExit(f"--parallel {slots}: only {len(devices)} GPU(s) visible; pass at most that many")
+    out.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).resolve().parent / "train.py"
+    pending, running, free = list(recipes), {}, list(range(slots))
+    while pending or running:
+        while pending and free:
+            recipe, slot = pending.pop(0), free.pop(0)
+            env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": devices[slot]} if devices else {}))
+            log = open(out / f"{recipe}.log", "w")  # noqa: SIM115 (closed when the process ends)
+            proc = subprocess.Popen([sys.executable, str(script), *common, "--recipe", recipe, "--out", str(out / recipe)],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT)
+            running[recipe] = (proc, slot, log)
+            print(f"[{recipe}] started on {'GPU ' + devices[slot] if devices else 'the CPU'} (log {out / recipe}.log)", flush=True)
+        time.sleep(0.5)
+        for recipe, (proc, slot, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[recipe]
+            free.append(slot)
+            if proc.returncode:
+                for p, _, lg in running.values():
+                    p.kill()
+                    lg.close()
+                raise RuntimeError(f"[{recipe}] exited with {proc.returncode}; its log: {out / recipe}.log")
+            print(f"[{recipe}] done", flush=True)
+    return [train.load_summary(out / r, r) for r in recipes]
 
 
 def plot_curves(summaries: list[dict], path: Path) -> None:

@@ -17,18 +17,18 @@ standard deviations, and the paired per-seed differences.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
 
-import torch
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from examples.train import load_summary
 
 
 def load(folder: str) -> tuple[list[float], float]:
-    ckpt = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=False)
-    metrics = json.loads((Path(folder) / "metrics.json").read_text())
-    return ckpt["losses"], metrics[-1]["val_loss"]
+    s = load_summary(folder)
+    return s["losses"], s["val_loss"]
 
 
 def distance(a: list[float], b: list[float]) -> tuple[float, float]:

@@ -428,6 +428,20 @@ def train_one(recipe: str, args, data: tuple[torch.Tensor, torch.Tensor] | None 
     }
 
 
+def load_summary(out: str | Path, recipe: str | None = None) -> dict:
+    """The summary ``train_one`` returned, read back from a finished run's folder (``metrics.json`` and the
+    per-step losses of ``checkpoint.pt``): for runs trained in other processes."""
+    out = Path(out)
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    last = metrics[-1] if metrics else {}
+    return {
+        "recipe": recipe or ckpt["recipe"], "out": str(out), "steps": ckpt["step"], "val_loss": last.get("val_loss"),
+        "val_bpb": last.get("val_bpb"), "train_loss": last.get("train_loss"), "tokens_per_s": last.get("tokens_per_s"),
+        "losses": ckpt["losses"], "metrics": metrics,
+    }
+
+
 def print_comparison(summaries: list[dict]) -> None:
     """Final validation loss and bits/byte per recipe, and the gap to bf16 (or to the first recipe)."""
     base = next((s for s in summaries if s["recipe"] == "bf16"), summaries[0])

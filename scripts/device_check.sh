@@ -5,6 +5,7 @@
 #   bash scripts/device_check.sh all     # kernel + GPU tests, kernel bandwidth with a tile sweep, the linear table (CUDA graphs)
 #   bash scripts/device_check.sh perf    # where a linear layer's step goes (profile per recipe), kernel bandwidth, the linear table
 #   bash scripts/device_check.sh accuracy [STEPS]  # bench_accuracy.py: every recipe on the 20m model, table + plot in $OUT
+#                                                  (PARALLEL=6 on a machine with 6+ GPUs: every recipe at once, one per GPU)
 #   bash scripts/device_check.sh train   # bench_train.py: ~1B training step throughput and memory vs BF16 and torchao
 #   bash scripts/device_check.sh train2  # GPU tests named in TESTS, the 1B step with CUDA graphs, a 20m tokens/s probe
 #   bash scripts/device_check.sh final   # the GPU test suite, then the 1B table with and without CUDA graphs
@@ -41,7 +42,7 @@ case "${1:-tests}" in
     timeout 300 python3 examples/bench_linear.py 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
     ;;
   accuracy)
-    timeout 570 python3 examples/bench_accuracy.py --steps "${2:-250}" --batch 128 --out /tmp/accuracy \
+    timeout 570 python3 examples/bench_accuracy.py --steps "${2:-250}" --batch 128 --parallel "${PARALLEL:-1}" --out /tmp/accuracy \
       --table "$OUT/accuracy.md" --plot "$OUT/accuracy.png" 2>&1 | grep -v -i warn | tee "$OUT/accuracy.log" | grep -v "it/s\]" | tail -30
     ;;
   train)

@@ -154,3 +154,23 @@ def test_train_benchmark_table():
     assert bench_train.table(rows).splitlines()[2:] == [
         "| bf16 inductor | 1,000 | 1.00x | 8.00 | 1.00x | 10.00 | 1.00x |", "| torchao float8 rowwise | n/a | | | | | |",
         "| fp4compile quartet | 1,500 | 1.50x | 6.00 | 0.75x | 5.00 | 0.50x |", "| fp4compile nvidia | OOM | | | | | |"]
+
+
+def test_bench_accuracy_parallel_matches_sequential(tmp_path):
+    """``bench_accuracy --parallel 2`` trains each recipe in its own process with the sequential run's
+    arguments, seed and data order: the same per-step losses, read back from the run folders (BF16's
+    exactly; FP4's first step exactly, later ones within 1e-3: an FP32 summation-order difference in another
+    process can flip an FP4 code, measured at 4e-5 relative by the fourth step)."""
+    from examples import bench_accuracy
+
+    args = ["--size", "tiny", "--recipes", "quartet", "--steps", "4", "--batch", "4", "--seq", "64", "--no-cudagraphs"]
+    torch._dynamo.reset()
+    seq = bench_accuracy.main([*args, "--out", str(tmp_path / "seq")])
+    par = bench_accuracy.main([*args, "--out", str(tmp_path / "par"), "--parallel", "2"])
+    assert set(par) == set(seq) == {"quartet"}
+    for recipe in ("bf16", "quartet"):
+        a = train.load_summary(tmp_path / "seq" / recipe)
+        b = train.load_summary(tmp_path / "par" / recipe)
+        assert len(a["losses"]) == len(b["losses"]) == 4 and a["losses"][0] == b["losses"][0], recipe
+        assert a["losses"] == pytest.approx(b["losses"], rel=1e-6 if recipe == "bf16" else 1e-3), recipe
+        assert (tmp_path / "par" / f"{recipe}.log").exists()
