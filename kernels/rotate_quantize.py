@@ -5,10 +5,10 @@ Each program takes a tile of ``BLOCK_R`` output rows x ``BLOCK_K`` elements alon
 
 1. load the tile from a tensor with any strides (so ``X^T`` along T is read from ``X`` without
    materialising the transpose). The backward's re-quantization of the forward-quantized W and X reads
-   their exact BF16 block values (one conversion pass, kernels/fold.py) transposed, times their tensor
-   scale and factor: the dequantized values, as the reference's ``dequantize()``;
+   their exact BF16 block values (one conversion pass, kernels/fold.py) transposed;
 2. rotate along the axis by a G x G matrix ``M`` (fixed or random-sign Hadamard, formed on the device from
-   the seed by ``prepare_rotation``, with the reference's signs) as a small matmul (``tl.dot``);
+   the seed by ``prepare_rotation``, with the reference's signs) as a small matmul (``tl.dot``), then, for a
+   re-quantization, multiply by the saved tensor's scale and factor (its dequantized value, rotated);
 3. compute the group scales and round: MXFP4 rules OCP / QuEST (with trust mask) / Tseng 3/4 (RTN or
    SR), NVFP4 rules RTN (any val_max) / 4-over-6 / SR / MS-EDEN (per-group correction and stochastic
    rounding of the corrected E4M3 scale). NVFP4's FP32 tensor scale comes from a first pass over the
@@ -18,9 +18,12 @@ Each program takes a tile of ``BLOCK_R`` output rows x ``BLOCK_K`` elements alon
    ``[R, K]``: MXFP4 folded into FP8 with an FP32 scale per row, NVFP4 as exact BF16 (hopper.md). The
    FP8 form needs each row's largest scale exponent first, found by the same pre-pass kernel.
 
-Arithmetic follows ``fp4compile.reference`` operation for operation (same FP32 expressions, RNE via the
-1.5 * 2^23 trick, E4M3 rounding by the FP8 conversion), so codes and scales match the reference bit for
-bit for non-rotating deterministic rules; with a rotation the FP32 sums of the matmul may differ from the
+The kernels are bound by instruction issue, not memory (Nsight Compute, docs/perf_notes.md), so the
+arithmetic is written for few instructions (``python -m fp4compile.kernels.instruction_count`` counts
+them) while computing the reference's FP32 results exactly: rounding onto the E2M1 grid by one add of a
+magic number, codes and E4M3 bytes from FP32 bits, division by a power-of-two scale as multiplication by its
+exact reciprocal, other divisions IEEE (``div_rn``; Triton's float32 ``/`` is not). So codes and scales
+match the reference bit for bit for non-rotating deterministic rules; with a rotation the FP32 sums of the matmul may differ from the
 reference's in the last bit, which flips a code only when a value sits on a rounding boundary (tests
 measure the rate). Stochastic rounding draws the reference's counter-based uniforms (``seeds.uniforms``: a
 32-bit hash of seed and element index, formed in registers; the seed is read from a device tensor, so
