@@ -105,6 +105,22 @@ def test_deterministic_rules_bit_exact(name, rotation, layout):
     _assert_same(kq, mask, ref, rotated=rot is not None)
 
 
+def test_rtn_ties_and_neighbours_bit_exact():
+    """Scaled values exactly on E2M1 rounding boundaries (ties go to the even code), one ulp either side,
+    +-0 and the grid points: the kernel's magic-number rounding and bit-read codes equal the reference's."""
+    ties = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
+    vals = torch.cat([ties, torch.nextafter(ties, torch.zeros(7)), torch.nextafter(ties, torch.full((7,), 9.0)),
+                      torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])])
+    vals = torch.cat([vals, -vals])
+    x = vals[torch.randint(len(vals), (16, 64))]
+    x[:, ::32] = 6.0  # every group's amax is 6: OCP's scale is 2^(floor(log2 6) - 2) = 1, so scaled = x
+    q = f4.get_quantizer("mxfp4_rtn")
+    kq, _ = _kernel()(x.to(DEV), q, None, seed=0)
+    ref = q.quantize(x, 0)
+    assert torch.equal(ref.scales, torch.full_like(ref.scales, 127))  # the premise: unit scales
+    _assert_same(kq, None, ref, rotated=False)
+
+
 @pytest.mark.parametrize("fwd,bwd,rotation", [("mxfp4_quest", "mxfp4_tseng_rtn", "random_hadamard-32"),
                                               ("nvfp4_4over6", "nvfp4_ms_eden", "random_hadamard-128")])
 def test_requantize_from_packed(fwd, bwd, rotation):
