@@ -157,7 +157,7 @@ def _e4m3_byte_of_fold(v):
 
 @triton.jit
 def _clamp_mag(v):
-    """min(|v|, 6). NaN only arises in groups with Inf/NaN, whose codes ``_codes`` overrides."""
+    """min(|v|, 6). NaN only arises in groups with Inf/NaN, whose codes ``_signed_codes`` overrides."""
     return tl.minimum(tl.abs(v), 6.0)
 
 
