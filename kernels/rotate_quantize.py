@@ -37,12 +37,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fp4compile import seeds
+
 # Rules (constexpr RULE); kernels may only read globals that are tl.constexpr
 MX_OCP, MX_QUEST, MX_TSENG = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 NV_RTN, NV_4OVER6, NV_EDEN, NV_RTN16 = tl.constexpr(10), tl.constexpr(11), tl.constexpr(12), tl.constexpr(13)
 
 _NO_ROW_EXP = tl.constexpr(-1000)  # "no live group" marker of the row exponents (as kernels/fold.py)
-_SCALE_SALT = tl.constexpr(0x2F6B1D35)  # seeds.SCALE_SALT: the key of MS-EDEN's scale draws
+_SCALE_SALT = tl.constexpr(seeds.SCALE_SALT)  # the key of MS-EDEN's scale draws is seed ^ SCALE_SALT
 _MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: (v + MAGIC) - MAGIC rounds |v| < 2^22 to the nearest integer, ties to even
 
 
