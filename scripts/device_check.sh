@@ -13,6 +13,7 @@
 #   bash scripts/device_check.sh multigpu  # (2 GPUs) 20m quartet: 1 GPU, another seed, DDP and FSDP2 on 2, compared
 #   bash scripts/device_check.sh ncu     # kernel bandwidth, then Nsight Compute counters of every quantize launch (one each)
 #   bash scripts/device_check.sh seeds   # (2 GPUs) 20m quartet: 4 seeds on 1 GPU (two at a time), 2 (DDP_SEEDS) under DDP on 2, final val losses compared
+#   bash scripts/device_check.sh gemm    # row-wise vs 1x128 block-scaled FP8 GEMMs (bench_gemm_scaling.py), ncu of the quantize kernels
 #   bash scripts/device_check.sh graphs  # GPU tests, host/GPU profile with and without CUDA graphs, the linear table with them
 # torchao travels as a wheel in .whl/ (carry it). Logs land in $OUT.
 set -uo pipefail
@@ -105,6 +106,12 @@ case "${1:-tests}" in
       --section WarpStateStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section InstructionStats \
       python3 examples/bench_kernels.py --once ${NCU_ARGS:-} > "$OUT/ncu.txt" 2>&1
     grep -E "^  [a-z_]+kernel|Duration|Memory Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Executed Ipc A|Issue Slots Busy|One or More Eligible|Stall|Shared Memory Configuration Size" "$OUT/ncu.txt" | head -250
+    ;;
+  gemm)  # row-wise against 1x128 block-wise scaled FP8 GEMMs at the Llama-7B shapes, then the ncu counters of the quantize kernels
+    timeout 200 python3 examples/bench_gemm_scaling.py 2>&1 | grep -v -i warn | tee "$OUT/bench_gemm_scaling.log"
+    timeout 300 ncu --clock-control none --profile-from-start off --section SpeedOfLight --section LaunchStats --section Occupancy \
+      --section WarpStateStats --section InstructionStats python3 examples/bench_kernels.py --once > "$OUT/ncu.txt" 2>&1
+    grep -E "^  [a-z_]+kernel|Duration|Memory Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|Executed Instructions  " "$OUT/ncu.txt" | head -200
     ;;
   speed)  # the kernels' bandwidth and the 1B training step with CUDA graphs (no tests: run `all` or `final` for those)
     timeout 150 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
