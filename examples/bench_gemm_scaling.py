@@ -39,7 +39,7 @@ def _check(m: int, k: int, n: int, gen: torch.Generator) -> tuple[float, float]:
     a = (a8.double().reshape(m, k // 128, 128) * sa.double()[:, :, None]).reshape(m, k)
     b = (b8.double().reshape(n, k // 128, 128) * sb.double()[:, :, None]).reshape(n, k)
     ref = a @ b.t()
-    blk = torch._scaled_mm(a8, b8.t(), scale_a=sa.t().contiguous().t(), scale_b=sb.t().contiguous().t(), out_dtype=torch.float32)
+    blk = torch._scaled_mm(a8, b8.t(), scale_a=sa.t().contiguous().t(), scale_b=sb.t().contiguous(), out_dtype=torch.float32)
     # the row-wise GEMM's error on the same FP8 values with each row's first block scale throughout
     row = torch._scaled_mm(a8, b8.t(), scale_a=sa[:, :1].contiguous(), scale_b=sb[:, :1].t().contiguous(), out_dtype=torch.float32)
     ref_row = (a8.double() * sa.double()[:, :1]) @ (b8.double() * sb.double()[:, :1]).t()
@@ -52,7 +52,8 @@ def _times(m: int, kk: int, nn: int, gen: torch.Generator) -> tuple[float, float
     b8, sb = _fp8_pow2_blocks(nn, kk, gen)
     a16, b16 = a8.to(torch.bfloat16), b8.to(torch.bfloat16)
     row_a, row_b = sa[:, :1].contiguous(), sb[:, :1].t().contiguous()
-    blk_a, blk_b = sa.t().contiguous().t(), sb.t().contiguous().t()  # [rows, K/128] with strides (1, rows)
+    # scale_a [M, K/128] with strides (1, M); scale_b [K/128, N] row-major (torch 2.11's _scaled_mm shapes for 1x128 x 1x128)
+    blk_a, blk_b = sa.t().contiguous().t(), sb.t().contiguous()
     t_bf16 = triton.testing.do_bench(lambda: a16 @ b16.t(), return_mode="median")
     t_row = triton.testing.do_bench(lambda: torch._scaled_mm(a8, b8.t(), scale_a=row_a, scale_b=row_b, out_dtype=torch.bfloat16),
                                     return_mode="median")

@@ -37,11 +37,41 @@ CASES = [
 ]
 
 
+def _case(case: tuple, x: torch.Tensor, **tile) -> tuple[functools.partial, int]:
+    """(the launch of one CASES row on x, bytes it reads); ``tile`` passes block_r / num_warps."""
+    _, name, rot, source, form, keep = case
+    q = f4.get_quantizer(name)
+    rotation = None if rot is None else parse_rotation(rot).matrix(1)
+    if source.startswith("packed:"):
+        src = f4.get_quantizer(source.split(":")[1]).quantize(x.float())
+        src = f4.QuantizedTensor(src.codes, src.scales, src.scale_format, src.group_size, src.tensor_scale, src.factor)
+        return functools.partial(quantize_for_gemm, src, q, rotation, 1, form=form, keep_packed=keep, **tile), src.codes.numel() + src.scales.numel()
+    fn = functools.partial(quantize_for_gemm, x, q, rotation, 1, form=form, keep_packed=keep, transpose=source == "transposed", **tile)
+    return fn, x.numel() * 2
+
+
+def _sweep(x: torch.Tensor) -> None:
+    """Every case under every tile (rows per program x warps): the launcher's default against the fastest."""
+    tiles = [(r, w) for r in (8, 16, 32, 64) for w in (2, 4, 8)]
+    print("| kernel | default (ms) | fastest (ms) | its BLOCK_R x num_warps | all (BLOCK_R/warps: ms) |\n|---|---|---|---|---|")
+    for case in CASES:
+        default = triton.testing.do_bench(_case(case, x)[0], return_mode="median")
+        times = {}
+        for block_r, warps in tiles:
+            try:
+                times[block_r, warps] = triton.testing.do_bench(_case(case, x, block_r=block_r, num_warps=warps)[0], return_mode="median")
+            except Exception as e:  # noqa: BLE001 - a tile too large for the registers or shared memory: reported, skipped
+                print(f"  {case[0]} BLOCK_R={block_r} warps={warps}: {type(e).__name__}")
+        best = min(times, key=times.get)
+        cells = " ".join(f"{r}/{w}: {t:.3f}" for (r, w), t in times.items())
+        print(f"| {case[0]} | {default:.3f} | {times[best]:.3f} | {best[0]} x {best[1]} | {cells} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=16384)
     p.add_argument("--cols", type=int, default=4096)
-    p.add_argument("--sweep", action="store_true", help="also time tile sizes of two kernels")
+    p.add_argument("--sweep", action="store_true", help="also time every kernel under every tile size and warp count")
     p.add_argument("--repeat", type=int, default=3,
                    help="time every kernel and the copy this many times, interleaved, and report the medians (the GPU's timings drift)")
     p.add_argument("--once", action="store_true",
@@ -49,17 +79,9 @@ def main() -> None:
     args = p.parse_args()
     x = torch.randn(args.rows, args.cols, device="cuda", dtype=torch.bfloat16)
     timed = []  # (label, fn, bytes moved)
-    for label, name, rot, source, form, keep in CASES:
-        q = f4.get_quantizer(name)
-        rotation = None if rot is None else parse_rotation(rot).matrix(1)
-        if source.startswith("packed:"):
-            src = f4.get_quantizer(source.split(":")[1]).quantize(x.float())
-            src = f4.QuantizedTensor(src.codes, src.scales, src.scale_format, src.group_size, src.tensor_scale, src.factor)
-            bytes_in = src.codes.numel() + src.scales.numel()
-            fn = functools.partial(quantize_for_gemm, src, q, rotation, 1, form=form, keep_packed=keep)
-        else:
-            bytes_in = x.numel() * 2
-            fn = functools.partial(quantize_for_gemm, x, q, rotation, 1, form=form, keep_packed=keep, transpose=source == "transposed")
+    for case in CASES:
+        label = case[0]
+        fn, bytes_in = _case(case, x)
         values, packed, mask = fn()
         if args.once:
             torch.cuda.synchronize()
@@ -86,13 +108,7 @@ def main() -> None:
             bw = nbytes / med[i] / 1e9
             print(f"| {label} | {med[i]:.3f} | {min(r[i] for r in runs):.3f}-{max(r[i] for r in runs):.3f} | {bw:.2f} | {bw / copy_bw:.0%} |")
     if args.sweep:
-        for name, rot in (("mxfp4_quest", "hadamard-32"), ("nvfp4_ms_eden", "random_hadamard-128")):
-            q, m = f4.get_quantizer(name), parse_rotation(rot).matrix(1)
-            form = "fp8" if q.scale_format.value == "e8m0" else "bf16"
-            for block_r in (16, 32, 64):
-                for warps in (2, 4, 8):
-                    fn = functools.partial(quantize_for_gemm, x, q, m, 1, form=form, block_r=block_r, num_warps=warps)
-                    print(f"sweep {name} BLOCK_R={block_r} num_warps={warps}: {triton.testing.do_bench(fn, return_mode='median'):.3f} ms")
+        _sweep(x)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,8 @@ case "${1:-tests}" in
     ;;
   gemm)  # row-wise against 1x128 block-wise scaled FP8 GEMMs at the Llama-7B shapes, then the ncu counters of the quantize kernels
     timeout 200 python3 examples/bench_gemm_scaling.py 2>&1 | grep -v -i warn | tee "$OUT/bench_gemm_scaling.log"
+    [ -n "${SWEEP:-}" ] && timeout 400 python3 examples/bench_kernels.py --repeat 1 --sweep 2>&1 | tee "$OUT/bench_kernels_sweep.log"
+    [ -z "${NCU-1}" ] && exit 0  # NCU= skips the counters
     timeout 300 ncu --clock-control none --profile-from-start off --section SpeedOfLight --section LaunchStats --section Occupancy \
       --section WarpStateStats --section InstructionStats python3 examples/bench_kernels.py --once > "$OUT/ncu.txt" 2>&1
     grep -E "^  [a-z_]+kernel|Duration|Memory Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|Executed Instructions  " "$OUT/ncu.txt" | head -200
