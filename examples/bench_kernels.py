@@ -19,6 +19,7 @@ import triton.testing
 
 import fp4compile as f4
 from fp4compile.kernels.quantize import quantize_for_gemm
+from fp4compile.kernels.rotate_quantize import Tile, default_tile
 from fp4compile.rotations import parse_rotation
 
 CASES = [
@@ -50,21 +51,32 @@ def _case(case: tuple, x: torch.Tensor, **tile) -> tuple[functools.partial, int]
     return fn, x.numel() * 2
 
 
-def _sweep(x: torch.Tensor) -> None:
-    """Every case under every tile (rows per program x warps): the launcher's default against the fastest."""
-    tiles = [(r, w) for r in (8, 16, 32, 64) for w in (2, 4, 8)]
-    print("| kernel | default (ms) | fastest (ms) | its BLOCK_R x num_warps | all (BLOCK_R/warps: ms) |\n|---|---|---|---|---|")
+SWEEP_TILES = [Tile(r, k, w) for r, k, w in ((8, 128, 2), (8, 128, 4), (16, 128, 2), (16, 128, 4), (32, 128, 4), (32, 128, 8),
+                                                (64, 128, 4), (64, 128, 8), (32, 64, 4), (64, 64, 4), (64, 64, 8))]
+
+
+def _sweep(x: torch.Tensor, rounds: int) -> None:
+    """Every case under every tile of SWEEP_TILES, timed in interleaved rounds (medians): the default against the fastest."""
+    print("| kernel | default tile | default (ms) | fastest tile | fastest (ms) | all (rows x K / warps: ms) |\n|---|---|---|---|---|---|")
     for case in CASES:
-        default = triton.testing.do_bench(_case(case, x)[0], return_mode="median")
-        times = {}
-        for block_r, warps in tiles:
+        fns = {"default": _case(case, x)[0]}
+        for tile in SWEEP_TILES:
+            fn = _case(case, x, tile=tile)[0]
             try:
-                times[block_r, warps] = triton.testing.do_bench(_case(case, x, block_r=block_r, num_warps=warps)[0], return_mode="median")
-            except Exception as e:  # noqa: BLE001 - a tile too large for the registers or shared memory: reported, skipped
-                print(f"  {case[0]} BLOCK_R={block_r} warps={warps}: {type(e).__name__}")
-        best = min(times, key=times.get)
-        cells = " ".join(f"{r}/{w}: {t:.3f}" for (r, w), t in times.items())
-        print(f"| {case[0]} | {default:.3f} | {times[best]:.3f} | {best[0]} x {best[1]} | {cells} |", flush=True)
+                fn()
+            except Exception as e:  # noqa: BLE001 - a tile the kernel cannot take (too small for tl.dot, too many registers)
+                print(f"  {case[0]} {tile}: {type(e).__name__}")
+                continue
+            fns[tile] = fn
+        runs = [{key: triton.testing.do_bench(fn, return_mode="median") for key, fn in fns.items()} for _ in range(rounds)]
+        med = {key: sorted(r[key] for r in runs)[rounds // 2] for key in fns}
+        best = min((k for k in med if k != "default"), key=med.get)
+        src = case[3]
+        rot = 0 if case[2] is None else parse_rotation(case[2]).size
+        d = default_tile(rot, src != "dense")
+        cells = " ".join(f"{t.block_r}x{t.block_k}/{t.num_warps}: {med[t]:.3f}" for t in med if t != "default")
+        print(f"| {case[0]} | {d.block_r}x{d.block_k}/{d.num_warps} | {med['default']:.3f} | {best.block_r}x{best.block_k}/{best.num_warps} | "
+              f"{med[best]:.3f} | {cells} |", flush=True)
 
 
 def main() -> None:
@@ -108,7 +120,7 @@ def main() -> None:
             bw = nbytes / med[i] / 1e9
             print(f"| {label} | {med[i]:.3f} | {min(r[i] for r in runs):.3f}-{max(r[i] for r in runs):.3f} | {bw:.2f} | {bw / copy_bw:.0%} |")
     if args.sweep:
-        _sweep(x)
+        _sweep(x, args.repeat)
 
 
 if __name__ == "__main__":

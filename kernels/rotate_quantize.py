@@ -537,11 +537,36 @@ def supports(quantizer: Quantizer) -> bool:
 _NO_FMA = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"enable_fp_fusion": False}
 
 
-def _block_k(k_out: int, minimum: int) -> int:
+def _block_k(k_out: int, minimum: int, largest: int = 128) -> int:
     for b in (128, 64, 32, 16):
-        if b >= minimum and k_out % b == 0:
+        if minimum <= b <= largest and k_out % b == 0:
             return b
     raise ValueError(f"quantize kernel: padded length {k_out} is not a multiple of {minimum}")
+
+
+class Tile(NamedTuple):
+    """A program's tile and warps: ``block_r`` rows x up to ``block_k`` elements along the quantization axis."""
+
+    block_r: int
+    block_k: int
+    num_warps: int
+
+
+def default_tile(g: int, transposed: bool) -> Tile:
+    """The tile the launcher uses for rotation size g (0: none), reading along rows or transposed.
+
+    The kernels are limited by how many warps the registers allow, not by issue slots (Nsight Compute on
+    the H200: 2 warps per scheduler at 32 elements per thread, 4.2 cycles between a warp's instructions), so
+    the tiles hold ~16 elements per thread (~115 registers instead of ~210; the per-thread overhead adds
+    ~20% instructions per element). A transposed read loads the tile's rows as the contiguous axis, so it
+    takes 64 of them (128 bytes per load) and a shorter stretch along K. Hadamard-128's ``tl.dot`` needs
+    64 rows of 128 to be fast. Picked from ``bench_kernels.py --sweep`` on an H200 (BENCHMARKS.md).
+    """
+    if g == 128:
+        return Tile(64, 128, 4)
+    if transposed:
+        return Tile(64, 64, 4)
+    return Tile(16, 128, 4) if g else Tile(8, 128, 4)
 
 
 class PreparedRotation(NamedTuple):
@@ -644,8 +669,7 @@ def quantize(
     transpose: bool = False,
     pad_to: int = 1,
     uniforms: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
-    block_r: int | None = None,
-    num_warps: int = 4,
+    tile: Tile | None = None,
 ) -> tuple[QuantizedTensor, torch.Tensor | None]:
     """Rotate and quantize along the last axis of ``x`` (or of ``x^T`` with ``transpose``) in one pass.
 
@@ -655,10 +679,10 @@ def quantize(
     ``rotation`` is the G x G matrix the reference would use (or None): a PreparedRotation from
     ``prepare_rotation`` costs no host sync (a plain matrix is prepared here; tests pass those). ``seed``: an
     int or a DeviceSeed (``fp4compile.seeds``). The quantization axis is zero-padded to a multiple of ``pad_to``. ``uniforms`` (element, scale)
-    replaces the kernel's counter-based draws with given ones (tests). Returns the quantized tensor and
-    its packed trust-mask bits (or None).
+    replaces the kernel's counter-based draws with given ones (tests). ``tile`` overrides
+    :func:`default_tile` (benchmarks' sweeps). Returns the quantized tensor and its packed trust-mask bits (or None).
     """
-    _, q, mask = _launch(x, quantizer, rotation, seed, "none", True, transpose, pad_to, uniforms, block_r, num_warps)
+    _, q, mask = _launch(x, quantizer, rotation, seed, "none", True, transpose, pad_to, uniforms, tile)
     return q, mask
 
 
@@ -676,8 +700,7 @@ def quantize_for_gemm(
     transpose: bool = False,
     pad_to: int = 1,
     uniforms: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
-    block_r: int | None = None,
-    num_warps: int = 4,
+    tile: Tile | None = None,
 ) -> tuple[GemmValues, QuantizedTensor | None, torch.Tensor | None]:
     """As :func:`quantize`, writing the GEMM-ready values directly (no second pass over packed FP4).
 
@@ -691,10 +714,10 @@ def quantize_for_gemm(
     wants = ScaleFormat.E8M0 if form == "fp8" else ScaleFormat.E4M3
     if quantizer.scale_format is not wants:
         raise ValueError(f"quantize_for_gemm: form {form!r} takes {wants.value}-scaled quantizers; {quantizer.name!r} is {quantizer.scale_format.value}")
-    return _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, block_r, num_warps)
+    return _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, tile)
 
 
-def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, block_r, num_warps):
+def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, tile):
     rule = RULES.get(quantizer.name)
     if rule is None:
         raise NotImplementedError(f"no Triton kernel for quantizer {quantizer.name!r}; it runs through the reference")
@@ -717,12 +740,15 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     g = rotation_size(rotation)
     multiple = math.lcm(group, g or 1, 16, pad_to)
     k_out = -(-k // multiple) * multiple
-    block_k = _block_k(k_out, max(group, g, 16))
-    if block_r is None:  # H100 sweep (bench_kernels --sweep): 32 rows x 4 warps, 64 rows for Hadamard-128
-        block_r = 64 if g == 128 else 32
+    trans_load = stride_r == 1 and stride_k != 1  # r is the contiguous axis: load [K, R] tiles
+    block_r, largest_k, num_warps = tile or default_tile(g, trans_load)
+    if rule.rule == NV_RTN16.value:  # its scales cover 16 x 16 tiles, which must not straddle programs
+        if tile is not None and block_r % 16:
+            raise ValueError(f"quantize kernel: {quantizer.name} takes tiles of a multiple of 16 rows; got block_r={block_r}")
+        block_r = max(block_r, 16)
+    block_k = _block_k(k_out, max(group, g, 16), max(largest_k, group, g, 16))
     h, rot_scale = device_rotation(rotation, device)
     grid = (triton.cdiv(r, block_r), k_out // block_k)
-    trans_load = stride_r == 1 and stride_k != 1  # r is the contiguous axis: load [K, R] tiles
     common = dict(SCALED=scaled, TRANS_LOAD=trans_load, G=g, PRECISION=_precision(dtype, device),
                   BLOCK_R=block_r, BLOCK_K=block_k, num_warps=num_warps)
     source = (dense, stride_r, stride_k, alpha_src, h, rot_scale)
