@@ -254,40 +254,28 @@ def _rotate(x, h_ptr, rot_scale, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, G
 
 
 @triton.jit
-def _load_raw(x_ptr, stride_r, stride_k, rows, ks, R, K, TRANS_LOAD: tl.constexpr):
-    """The input tile as stored, zero outside [R, K]: [BLOCK_R, BLOCK_K], or [BLOCK_K, BLOCK_R] with TRANS_LOAD.
+def _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, h_ptr, rot_scale, G: tl.constexpr, PRECISION: tl.constexpr,
+               SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The [BLOCK_R, BLOCK_K] input tile as float32, rotated along K (G > 0), times alpha_ptr[0] with SCALED; zero outside [R, K].
 
     Element (r, k) is at x_ptr + r*stride_r + k*stride_k. When r is the contiguous axis (TRANS_LOAD: X^T
     along T read from X) the tile is loaded in memory order as [BLOCK_K, BLOCK_R], so the loads are
-    coalesced; ``_prepare`` transposes it in registers. Kept apart from ``_prepare`` so that the kernels
-    can issue the next tile's load before working on the current one.
-    """
-    if TRANS_LOAD:
-        kk = ks[:, None]
-        rr = rows[None, :]
-        raw = tl.load(x_ptr + rr * stride_r + kk * stride_k, mask=(rr < R) & (kk < K), other=0.0)
-    else:
-        r2 = rows[:, None]
-        k2 = ks[None, :]
-        raw = tl.load(x_ptr + r2 * stride_r + k2 * stride_k, mask=(r2 < R) & (k2 < K), other=0.0)
-    return raw
-
-
-@triton.jit
-def _prepare(raw, alpha_ptr, h_ptr, rot_scale, G: tl.constexpr, PRECISION: tl.constexpr, SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr,
-             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The loaded tile as float32 [BLOCK_R, BLOCK_K], rotated along K (G > 0), times alpha_ptr[0] with SCALED.
-
-    SCALED is the re-quantization of a saved FP4 tensor: x holds its
+    coalesced, and transposed in registers. SCALED is the re-quantization of a saved FP4 tensor: x holds its
     exact BF16 block values (kernels/fold.py) and alpha its tensor scale times factor, so the tile is its
     dequantized value ``(e2m1 * scale) * alpha`` as the reference's ``dequantize()``. The block values are
     exact in BF16, so they are rotated on BF16 tensor cores (exact products, FP32 sums) and alpha is
     applied after: the rotation's FP32 sums round differently from the reference's in the last bit, as
     every rotation's do.
     """
-    x = raw.to(tl.float32)
     if TRANS_LOAD:
-        x = tl.trans(x)
+        kk = ks[:, None]
+        rr = rows[None, :]
+        nat = tl.load(x_ptr + rr * stride_r + kk * stride_k, mask=(rr < R) & (kk < K), other=0.0).to(tl.float32)  # [BLOCK_K, BLOCK_R]
+        x = tl.trans(nat)
+    else:
+        r2 = rows[:, None]
+        k2 = ks[None, :]
+        x = tl.load(x_ptr + r2 * stride_r + k2 * stride_k, mask=(r2 < R) & (k2 < K), other=0.0).to(tl.float32)
     if G > 0:
         x = _rotate(x, h_ptr, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
     if SCALED:
@@ -297,7 +285,7 @@ def _prepare(raw, alpha_ptr, h_ptr, rot_scale, G: tl.constexpr, PRECISION: tl.co
 
 @triton.jit
 def stats_kernel(
-    x_ptr, stride_r, stride_k, alpha_ptr, h_ptr, rot_scale, out_ptr, scales_ptr, R, K, K_OUT, K_ITERS,
+    x_ptr, stride_r, stride_k, alpha_ptr, h_ptr, rot_scale, out_ptr, scales_ptr, R, K, K_OUT,
     ROW_EXP: tl.constexpr, WRITE_SCALES: tl.constexpr, RULE: tl.constexpr, GROUP: tl.constexpr, SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr,
     G: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -311,37 +299,25 @@ def stats_kernel(
     (SCALES_IN) instead of computing them again (worth it for QuEST, whose scale needs the group's std).
     """
     pid_r = tl.program_id(0)
+    pid_k = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    first = tl.program_id(1) * K_ITERS
-    last = tl.minimum(first + K_ITERS, K_OUT // BLOCK_K)
-    k_end = tl.minimum(K, last * BLOCK_K)  # loads stop at this program's last chunk
-    raw = _load_raw(x_ptr, stride_r, stride_k, rows, first * BLOCK_K + tl.arange(0, BLOCK_K), R, k_end, TRANS_LOAD)
+    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, h_ptr, rot_scale, G, PRECISION, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
     if ROW_EXP:
-        acc = tl.full((BLOCK_R,), _NO_ROW_EXP, tl.int32)
+        xg, amax, bad = _group_stats(x, BLOCK_R, BLOCK_K, GROUP)
+        e = _mx_exponent(xg, amax, RULE, GROUP)
+        live = ~bad & (e > -127)
+        tl.atomic_max(out_ptr + rows, tl.max(tl.where(live, e, _NO_ROW_EXP), axis=1), mask=rows < R)
+        if WRITE_SCALES:
+            NG: tl.constexpr = BLOCK_K // GROUP
+            gc = pid_k * NG + tl.arange(0, NG)
+            tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], tl.where(bad, 255, e + 127).to(tl.uint8), mask=rows[:, None] < R)
     else:
-        acc = 0.0
-    for kc in range(first, last):
-        nxt = _load_raw(x_ptr, stride_r, stride_k, rows, (kc + 1) * BLOCK_K + tl.arange(0, BLOCK_K), R, k_end, TRANS_LOAD)  # in flight meanwhile
-        x = _prepare(raw, alpha_ptr, h_ptr, rot_scale, G, PRECISION, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
-        if ROW_EXP:
-            xg, amax, bad = _group_stats(x, BLOCK_R, BLOCK_K, GROUP)
-            e = _mx_exponent(xg, amax, RULE, GROUP)
-            live = ~bad & (e > -127)
-            acc = tl.maximum(acc, tl.max(tl.where(live, e, _NO_ROW_EXP), axis=1))
-            if WRITE_SCALES:
-                NG: tl.constexpr = BLOCK_K // GROUP
-                gc = kc * NG + tl.arange(0, NG)
-                tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], tl.where(bad, 255, e + 127).to(tl.uint8),
-                         mask=rows[:, None] < R)
-        else:
-            a = tl.abs(x)
-            finite = a < float("inf")  # False for Inf and NaN
-            acc = tl.maximum(acc, tl.max(tl.max(tl.where(finite, a, 0.0), axis=1), axis=0))
-        raw = nxt
-    if ROW_EXP:
-        tl.atomic_max(out_ptr + rows, acc, mask=rows < R)
-    elif acc > tl.load(out_ptr):  # the running maximum only grows: a program below the value read has nothing to add
-        tl.atomic_max(out_ptr, acc)
+        a = tl.abs(x)
+        finite = a < float("inf")  # False for Inf and NaN
+        m = tl.max(tl.max(tl.where(finite, a, 0.0), axis=1), axis=0)
+        if m > tl.load(out_ptr):  # the running maximum only grows: a program below the value read has nothing to add
+            tl.atomic_max(out_ptr, m)
 
 
 @triton.jit
@@ -353,7 +329,7 @@ def quantize_kernel(
     # GEMM-ready values (VALUES = 1: folded FP8 bytes, row exponents in, row scales out, unfoldable count; 2: BF16)
     values_ptr, er_ptr, rs_ptr, count_ptr,
     # the seed: seed_ptr[0] ^ seed_salt, low 31 bits (a step's seed on the device; SR and EDEN's scale SR)
-    R, K, K_OUT, K_ITERS, seed_ptr, seed_salt,
+    R, K, K_OUT, seed_ptr, seed_salt,
     # NVFP4 val_max for RTN / EDEN, correction group for EDEN
     val_max,
     RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
@@ -362,158 +338,148 @@ def quantize_kernel(
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
+    pid_k = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     seed = (tl.load(seed_ptr) & 0x7FFFFFFF) ^ seed_salt
+    x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, h_ptr, rot_scale, G, PRECISION, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
     NG: tl.constexpr = BLOCK_K // GROUP
-    # the program's chunks along K: [first, last), each BLOCK_K long; the next chunk's load is issued before
-    # the current one is worked on, so that its latency is hidden even at low occupancy
-    first = tl.program_id(1) * K_ITERS
-    last = tl.minimum(first + K_ITERS, K_OUT // BLOCK_K)
-    k_end = tl.minimum(K, last * BLOCK_K)
-    if RULE >= NV_RTN:
-        s32 = tl.load(s32_ptr)  # NVFP4's tensor scale
-    if VALUES == 1:  # each row's largest live scale exponent, from the pre-pass
-        e_r = tl.load(er_ptr + rows, mask=rows < R, other=_NO_ROW_EXP)
-        e_r = tl.where(e_r == _NO_ROW_EXP, 6, e_r)  # a row without a live group: row scale 1
-    raw = _load_raw(x_ptr, stride_r, stride_k, rows, first * BLOCK_K + tl.arange(0, BLOCK_K), R, k_end, TRANS_LOAD)
-    for kc in range(first, last):
-        ks = kc * BLOCK_K + tl.arange(0, BLOCK_K)
-        nxt = _load_raw(x_ptr, stride_r, stride_k, rows, ks + BLOCK_K, R, k_end, TRANS_LOAD)
-        x = _prepare(raw, alpha_ptr, h_ptr, rot_scale, G, PRECISION, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
-        xg, amax, bad = _group_stats(x, BLOCK_R, BLOCK_K, GROUP)  # [BLOCK_R, NG, GROUP], [BLOCK_R, NG] x2
-        if RULE == NV_RTN16:  # one scale per 16x16 tile: reduce over the tile's 16 rows (tiles align with BLOCK_R)
-            t_amax = tl.max(tl.reshape(amax, (BLOCK_R // 16, 16, NG)), axis=1)
-            amax = tl.reshape(tl.broadcast_to(t_amax[:, None, :], (BLOCK_R // 16, 16, NG)), (BLOCK_R, NG))
-            t_bad = tl.max(tl.reshape(bad.to(tl.int32), (BLOCK_R // 16, 16, NG)), axis=1)
-            bad = tl.reshape(tl.broadcast_to(t_bad[:, None, :], (BLOCK_R // 16, 16, NG)), (BLOCK_R, NG)) > 0
-        r2 = rows[:, None]
-        k2 = ks[None, :]
-        elem = r2 * K_OUT + k2  # counter for the uniforms of element (r, k)
-        # per-group quantities reach the elements by broadcast + reshape; every elementwise operand below is 2-D
-        bad2 = tl.reshape(tl.broadcast_to(bad[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
+    xg, amax, bad = _group_stats(x, BLOCK_R, BLOCK_K, GROUP)  # [BLOCK_R, NG, GROUP], [BLOCK_R, NG] x2
+    if RULE == NV_RTN16:  # one scale per 16x16 tile: reduce over the tile's 16 rows (tiles align with BLOCK_R)
+        t_amax = tl.max(tl.reshape(amax, (BLOCK_R // 16, 16, NG)), axis=1)
+        amax = tl.reshape(tl.broadcast_to(t_amax[:, None, :], (BLOCK_R // 16, 16, NG)), (BLOCK_R, NG))
+        t_bad = tl.max(tl.reshape(bad.to(tl.int32), (BLOCK_R // 16, 16, NG)), axis=1)
+        bad = tl.reshape(tl.broadcast_to(t_bad[:, None, :], (BLOCK_R // 16, 16, NG)), (BLOCK_R, NG)) > 0
+    r2 = rows[:, None]
+    k2 = ks[None, :]
+    elem = r2 * K_OUT + k2  # counter for the uniforms of element (r, k)
+    # per-group quantities reach the elements by broadcast + reshape; every elementwise operand below is 2-D
+    bad2 = tl.reshape(tl.broadcast_to(bad[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
 
-        if RULE == MX_OCP or RULE == MX_TSENG or RULE == MX_QUEST:
-            if SCALES_IN:  # the pre-pass wrote the E8M0 bytes (255 for Inf/NaN groups, whose codes are overridden)
-                gs = kc * NG + tl.arange(0, NG)
-                e = tl.load(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gs[None, :], mask=rows[:, None] < R, other=0).to(tl.int32) - 127
-            else:
-                e = _mx_exponent(xg, amax, RULE, GROUP)
-            byte = tl.where(bad, 255, e + 127)
-            # x / 2^e as x * 2^-e (a power of two too, e in [-127, 127]): the same FP32 result. Tseng's
-            # (x * 0.75) / 2^e as x * (0.75 * 2^-e): equal wherever the result is an FP32 normal (below, code 0)
-            inv = _pow2(-e)
-            if RULE == MX_TSENG:
-                inv = inv * 0.75
-            scaled2 = tl.reshape(xg * inv[:, :, None], (BLOCK_R, BLOCK_K))
+    if RULE == MX_OCP or RULE == MX_TSENG or RULE == MX_QUEST:
+        if SCALES_IN:  # the pre-pass wrote the E8M0 bytes (255 for Inf/NaN groups, whose codes are overridden)
+            gs = pid_k * NG + tl.arange(0, NG)
+            e = tl.load(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gs[None, :], mask=rows[:, None] < R, other=0).to(tl.int32) - 127
+        else:
+            e = _mx_exponent(xg, amax, RULE, GROUP)
+        byte = tl.where(bad, 255, e + 127)
+        # x / 2^e as x * 2^-e (a power of two too, e in [-127, 127]): the same FP32 result. Tseng's
+        # (x * 0.75) / 2^e as x * (0.75 * 2^-e): equal wherever the result is an FP32 normal (below, code 0)
+        inv = _pow2(-e)
+        if RULE == MX_TSENG:
+            inv = inv * 0.75
+        scaled2 = tl.reshape(xg * inv[:, :, None], (BLOCK_R, BLOCK_K))
+        mag = _clamp_mag(scaled2)
+        cmag, q = _round(mag, u_ptr, elem, (r2 < R) & (k2 < K_OUT), seed, SR, HAS_U)
+        codes = _signed_codes(cmag, scaled2, bad2)
+        if SR:  # groups holding a nonzero code (those that set the fold's row exponent and count as unfoldable)
+            nonzero = (tl.max(tl.reshape(cmag, (BLOCK_R, NG, GROUP)), axis=2) > 0) & ~bad
+        else:  # RTN: code 0 exactly for |x| * inv <= 0.25, and rounding is monotone
+            nonzero = (amax * inv > 0.25) & ~bad
+        if WRITE_MASK:
+            trust = ((tl.abs(scaled2) < 6.0) & ~bad2).to(tl.int32)
+    else:
+        s32 = tl.load(s32_ptr)
+        if RULE == NV_4OVER6:
+            v6, b6 = _e4m3_rn(_div(_div(amax, 6.0), s32))
+            v6 = tl.where(bad, float("nan"), tl.where(b6 == 0, 1.0, v6))
+            b6 = tl.where(b6 == 0, 0x38, b6)
+            v4, b4 = _e4m3_rn(_div(_div(amax, 4.0), s32))
+            v4 = tl.where(bad, float("nan"), tl.where(b4 == 0, 1.0, v4))
+            b4 = tl.where(b4 == 0, 0x38, b4)
+            sc6 = _div(xg, (v6 * s32)[:, :, None])
+            sc4 = _div(xg, (v4 * s32)[:, :, None])
+            c6, q6 = _rtn_code(_clamp_mag(sc6))
+            c4, q4 = _rtn_code(_clamp_mag(sc4))
+            d6 = xg - tl.where(sc6 < 0, -q6, q6) * (v6 * s32)[:, :, None]
+            d4 = xg - tl.where(sc4 < 0, -q4, q4) * (v4 * s32)[:, :, None]
+            pick4 = tl.sum(d4 * d4, axis=2) < tl.sum(d6 * d6, axis=2)
+            byte = tl.where(pick4, b4, b6).to(tl.int32)
+            scaled2 = tl.reshape(tl.where(pick4[:, :, None], sc4, sc6), (BLOCK_R, BLOCK_K))
+            cmag = tl.reshape(tl.where(pick4[:, :, None], c4, c6), (BLOCK_R, BLOCK_K))
+            q = tl.reshape(tl.where(pick4[:, :, None], q4, q6), (BLOCK_R, BLOCK_K))
+        else:
+            vs, bs = _e4m3_rn(_div(_div(amax, val_max), s32))
+            vs = tl.where(bad, float("nan"), tl.where(bs == 0, 1.0, vs))
+            bs = tl.where(bs == 0, 0x38, bs)
+            byte = bs.to(tl.int32)
+            scaled = _div(xg, (vs * s32)[:, :, None])
+            scaled2 = tl.reshape(scaled, (BLOCK_R, BLOCK_K))
             mag = _clamp_mag(scaled2)
             cmag, q = _round(mag, u_ptr, elem, (r2 < R) & (k2 < K_OUT), seed, SR, HAS_U)
-            codes = _signed_codes(cmag, scaled2, bad2)
-            if SR:  # groups holding a nonzero code (those that set the fold's row exponent and count as unfoldable)
-                nonzero = (tl.max(tl.reshape(cmag, (BLOCK_R, NG, GROUP)), axis=2) > 0) & ~bad
-            else:  # RTN: code 0 exactly for |x| * inv <= 0.25, and rounding is monotone
-                nonzero = (amax * inv > 0.25) & ~bad
-            if WRITE_MASK:
-                trust = ((tl.abs(scaled2) < 6.0) & ~bad2).to(tl.int32)
-        else:
-            if RULE == NV_4OVER6:
-                v6, b6 = _e4m3_rn(_div(_div(amax, 6.0), s32))
-                v6 = tl.where(bad, float("nan"), tl.where(b6 == 0, 1.0, v6))
-                b6 = tl.where(b6 == 0, 0x38, b6)
-                v4, b4 = _e4m3_rn(_div(_div(amax, 4.0), s32))
-                v4 = tl.where(bad, float("nan"), tl.where(b4 == 0, 1.0, v4))
-                b4 = tl.where(b4 == 0, 0x38, b4)
-                sc6 = _div(xg, (v6 * s32)[:, :, None])
-                sc4 = _div(xg, (v4 * s32)[:, :, None])
-                c6, q6 = _rtn_code(_clamp_mag(sc6))
-                c4, q4 = _rtn_code(_clamp_mag(sc4))
-                d6 = xg - tl.where(sc6 < 0, -q6, q6) * (v6 * s32)[:, :, None]
-                d4 = xg - tl.where(sc4 < 0, -q4, q4) * (v4 * s32)[:, :, None]
-                pick4 = tl.sum(d4 * d4, axis=2) < tl.sum(d6 * d6, axis=2)
-                byte = tl.where(pick4, b4, b6).to(tl.int32)
-                scaled2 = tl.reshape(tl.where(pick4[:, :, None], sc4, sc6), (BLOCK_R, BLOCK_K))
-                cmag = tl.reshape(tl.where(pick4[:, :, None], c4, c6), (BLOCK_R, BLOCK_K))
-                q = tl.reshape(tl.where(pick4[:, :, None], q4, q6), (BLOCK_R, BLOCK_K))
-            else:
-                vs, bs = _e4m3_rn(_div(_div(amax, val_max), s32))
-                vs = tl.where(bad, float("nan"), tl.where(bs == 0, 1.0, vs))
-                bs = tl.where(bs == 0, 0x38, bs)
-                byte = bs.to(tl.int32)
-                scaled = _div(xg, (vs * s32)[:, :, None])
-                scaled2 = tl.reshape(scaled, (BLOCK_R, BLOCK_K))
-                mag = _clamp_mag(scaled2)
-                cmag, q = _round(mag, u_ptr, elem, (r2 < R) & (k2 < K_OUT), seed, SR, HAS_U)
-                if RULE == NV_EDEN:
-                    # S = <x, x> / <x, x_hat> per correction group, in code units; s8 <- SR_E4M3(S * s8)
-                    qs = tl.where(scaled2 < 0, -q, q)
-                    num = tl.sum(tl.reshape(scaled2 * scaled2, (BLOCK_R, BLOCK_K // CORR, CORR)), axis=2)
-                    den = tl.sum(tl.reshape(scaled2 * qs, (BLOCK_R, BLOCK_K // CORR, CORR)), axis=2)
-                    corr = tl.where(den > 0, _div(num, den), 1.0)
-                    corr_g = tl.reshape(tl.broadcast_to(corr[:, :, None], (BLOCK_R, BLOCK_K // CORR, CORR // GROUP)), (BLOCK_R, NG))
-                    c = vs * corr_g
-                    rn_val, rn_b = _e4m3_rn(c)
-                    rn_i = rn_b.to(tl.int32)
-                    other = tl.where(rn_val > c, rn_i - 1, rn_i + 1)
-                    other = tl.minimum(tl.maximum(other, 0), 0x7E)
-                    other_val = _e4m3_from_byte(other)
-                    down = tl.minimum(rn_val, other_val)
-                    up = tl.maximum(rn_val, other_val)
-                    p_up = tl.where(up > down, _div(c - down, up - down), 0.0)
-                    p_up = tl.minimum(tl.maximum(p_up, 0.0), 1.0)
-                    gidx = rows[:, None] * (K_OUT // GROUP) + (kc * NG + tl.arange(0, NG))[None, :]
-                    if HAS_U:
-                        us = tl.load(us_ptr + gidx, mask=rows[:, None] < R, other=0.0)
-                    else:
-                        us = _uniform(seed ^ _SCALE_SALT, gidx)
-                    chosen = tl.where(us < p_up, tl.maximum(rn_i, other), tl.minimum(rn_i, other))
-                    keep = ~(c < float("inf")) | (c < 0.015625) | (c >= 448.0) | (rn_val == c)
-                    new_b = tl.where(keep, rn_i, chosen)
-                    byte = tl.where(c < float("inf"), new_b, 0x7F)
-            byte = tl.where(bad, 0x7F, byte)
-            codes = _signed_codes(cmag, scaled2, bad2)
+            if RULE == NV_EDEN:
+                # S = <x, x> / <x, x_hat> per correction group, in code units; s8 <- SR_E4M3(S * s8)
+                qs = tl.where(scaled2 < 0, -q, q)
+                num = tl.sum(tl.reshape(scaled2 * scaled2, (BLOCK_R, BLOCK_K // CORR, CORR)), axis=2)
+                den = tl.sum(tl.reshape(scaled2 * qs, (BLOCK_R, BLOCK_K // CORR, CORR)), axis=2)
+                corr = tl.where(den > 0, _div(num, den), 1.0)
+                corr_g = tl.reshape(tl.broadcast_to(corr[:, :, None], (BLOCK_R, BLOCK_K // CORR, CORR // GROUP)), (BLOCK_R, NG))
+                c = vs * corr_g
+                rn_val, rn_b = _e4m3_rn(c)
+                rn_i = rn_b.to(tl.int32)
+                other = tl.where(rn_val > c, rn_i - 1, rn_i + 1)
+                other = tl.minimum(tl.maximum(other, 0), 0x7E)
+                other_val = _e4m3_from_byte(other)
+                down = tl.minimum(rn_val, other_val)
+                up = tl.maximum(rn_val, other_val)
+                p_up = tl.where(up > down, _div(c - down, up - down), 0.0)
+                p_up = tl.minimum(tl.maximum(p_up, 0.0), 1.0)
+                gidx = rows[:, None] * (K_OUT // GROUP) + (pid_k * NG + tl.arange(0, NG))[None, :]
+                if HAS_U:
+                    us = tl.load(us_ptr + gidx, mask=rows[:, None] < R, other=0.0)
+                else:
+                    us = _uniform(seed ^ _SCALE_SALT, gidx)
+                chosen = tl.where(us < p_up, tl.maximum(rn_i, other), tl.minimum(rn_i, other))
+                keep = ~(c < float("inf")) | (c < 0.015625) | (c >= 448.0) | (rn_val == c)
+                new_b = tl.where(keep, rn_i, chosen)
+                byte = tl.where(c < float("inf"), new_b, 0x7F)
+        byte = tl.where(bad, 0x7F, byte)
+        codes = _signed_codes(cmag, scaled2, bad2)
 
-        row_ok = rows[:, None] < R
-        # --- GEMM-ready values [R, K_OUT] (hopper.md): the same numbers as the packed form, in what the tensor cores take
-        if VALUES == 1:  # MXFP4 folded into FP8: q * 2^(e_g - E_r + 6), row scale 2^(E_r - 6) (twin: hopper_gemm.fold_mxfp4_fp8)
-            shift = tl.minimum(tl.maximum(e - e_r[:, None] + 6, -13), 6)  # below -13 every value rounds to 0
-            # E4M3 bytes in integer arithmetic. Not Triton's fp32 -> float8e4nv conversion: on sm_90 (Triton 3.6)
-            # it returned the wrong element's byte for some layouts (transposed loads, tl.rand tiles), measured
-            # by tests/kernels/test_fold_kernels.py on an H200. Groups of zero codes give byte 0 either way.
-            if tl.min(tl.min(tl.where(nonzero, shift, 6), axis=1), axis=0) >= -5:  # the usual tile: every value an E4M3 normal
-                base2 = tl.reshape(tl.broadcast_to(((shift + 6) * 8)[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
-                v8 = _fold_byte(cmag, base2)
-            else:  # some group 12 or more binades below its row's largest: round its values to E4M3 from FP32 bits
-                scale2 = tl.reshape(tl.broadcast_to(_pow2(shift)[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
-                v8 = _e4m3_byte_of_fold(q * scale2)
-            v8 = tl.where(bad2, 0x7F, v8 | ((codes & 8) << 4))  # the code's sign bit, -0 included; NaN groups
-            tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v8.to(tl.uint8), mask=row_ok)
-            unfoldable = tl.sum(tl.sum((nonzero & (e < e_r[:, None] - 14) & row_ok).to(tl.int32), axis=1), axis=0)
-            if unfoldable > 0:  # rare: most programs leave the single counter address alone
-                tl.atomic_add(count_ptr, unfoldable.to(count_ptr.dtype.element_ty))
-            if kc == 0:  # the first chunk's program writes the row scales
-                tl.store(rs_ptr + rows, _pow2(e_r - 6), mask=rows < R)
-        elif VALUES == 2:  # NVFP4 as exact BF16 q * s8 (twin: hopper_gemm.nvfp4_to_bf16)
-            s8 = tl.where(byte == 0x7F, float("nan"), _e4m3_from_byte(byte))
-            v = q * tl.reshape(tl.broadcast_to(s8[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))  # 2-D, as above
-            v = (v.to(tl.int32, bitcast=True) | (((codes >> 3) & 1) << 31)).to(tl.float32, bitcast=True)  # sign as a bit
-            tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v.to(tl.bfloat16), mask=row_ok)
-        if WRITE_PACKED:
-            # --- write: packed codes [R, K_OUT/2], scales [R, K_OUT/GROUP], mask bits [R, K_OUT/8]
-            pairs = tl.reshape(codes, (BLOCK_R, BLOCK_K // 2, 2))
-            lo, hi = tl.split(pairs)
-            packed = (lo | (hi << 4)).to(tl.uint8)
-            pc = kc * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-            tl.store(codes_ptr + rows[:, None] * (K_OUT // 2) + pc[None, :], packed, mask=row_ok)
-            if not SCALES_IN:
-                gc = kc * NG + tl.arange(0, NG)
-                tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
-            if WRITE_MASK:
-                t_lo, t_hi = tl.split(tl.reshape(trust, (BLOCK_R, BLOCK_K // 2, 2)))  # bit pairs first (neighbours share a thread)
-                quads = tl.reshape(t_lo | (t_hi << 1), (BLOCK_R, BLOCK_K // 8, 4))
-                weights = (1 << (2 * tl.arange(0, 4))).to(tl.int32)
-                mbyte = tl.sum(quads * weights[None, None, :], axis=2).to(tl.uint8)
-                mc = kc * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
-                tl.store(mask_ptr + rows[:, None] * (K_OUT // 8) + mc[None, :], mbyte, mask=row_ok)
-        raw = nxt
+    row_ok = rows[:, None] < R
+    # --- GEMM-ready values [R, K_OUT] (hopper.md): the same numbers as the packed form, in what the tensor cores take
+    if VALUES == 1:  # MXFP4 folded into FP8: q * 2^(e_g - E_r + 6), row scale 2^(E_r - 6) (twin: hopper_gemm.fold_mxfp4_fp8)
+        e_r = tl.load(er_ptr + rows, mask=rows < R, other=_NO_ROW_EXP)
+        e_r = tl.where(e_r == _NO_ROW_EXP, 6, e_r)  # a row without a live group: row scale 1
+        shift = tl.minimum(tl.maximum(e - e_r[:, None] + 6, -13), 6)  # below -13 every value rounds to 0
+        # E4M3 bytes in integer arithmetic. Not Triton's fp32 -> float8e4nv conversion: on sm_90 (Triton 3.6)
+        # it returned the wrong element's byte for some layouts (transposed loads, tl.rand tiles), measured
+        # by tests/kernels/test_fold_kernels.py on an H200. Groups of zero codes give byte 0 either way.
+        if tl.min(tl.min(tl.where(nonzero, shift, 6), axis=1), axis=0) >= -5:  # the usual tile: every value an E4M3 normal
+            base2 = tl.reshape(tl.broadcast_to(((shift + 6) * 8)[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
+            v8 = _fold_byte(cmag, base2)
+        else:  # some group 12 or more binades below its row's largest: round its values to E4M3 from FP32 bits
+            scale2 = tl.reshape(tl.broadcast_to(_pow2(shift)[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
+            v8 = _e4m3_byte_of_fold(q * scale2)
+        v8 = tl.where(bad2, 0x7F, v8 | ((codes & 8) << 4))  # the code's sign bit, -0 included; NaN groups
+        tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v8.to(tl.uint8), mask=row_ok)
+        unfoldable = tl.sum(tl.sum((nonzero & (e < e_r[:, None] - 14) & row_ok).to(tl.int32), axis=1), axis=0)
+        if unfoldable > 0:  # rare: most programs leave the single counter address alone
+            tl.atomic_add(count_ptr, unfoldable.to(count_ptr.dtype.element_ty))
+        if pid_k == 0:
+            tl.store(rs_ptr + rows, _pow2(e_r - 6), mask=rows < R)
+    elif VALUES == 2:  # NVFP4 as exact BF16 q * s8 (twin: hopper_gemm.nvfp4_to_bf16)
+        s8 = tl.where(byte == 0x7F, float("nan"), _e4m3_from_byte(byte))
+        v = q * tl.reshape(tl.broadcast_to(s8[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))  # 2-D, as above
+        v = (v.to(tl.int32, bitcast=True) | (((codes >> 3) & 1) << 31)).to(tl.float32, bitcast=True)  # sign as a bit
+        tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v.to(tl.bfloat16), mask=row_ok)
+    if WRITE_PACKED:
+        # --- write: packed codes [R, K_OUT/2], scales [R, K_OUT/GROUP], mask bits [R, K_OUT/8]
+        pairs = tl.reshape(codes, (BLOCK_R, BLOCK_K // 2, 2))
+        lo, hi = tl.split(pairs)
+        packed = (lo | (hi << 4)).to(tl.uint8)
+        pc = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+        tl.store(codes_ptr + rows[:, None] * (K_OUT // 2) + pc[None, :], packed, mask=row_ok)
+        if not SCALES_IN:
+            gc = pid_k * NG + tl.arange(0, NG)
+            tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
+        if WRITE_MASK:
+            t_lo, t_hi = tl.split(tl.reshape(trust, (BLOCK_R, BLOCK_K // 2, 2)))  # bit pairs first (neighbours share a thread)
+            quads = tl.reshape(t_lo | (t_hi << 1), (BLOCK_R, BLOCK_K // 8, 4))
+            weights = (1 << (2 * tl.arange(0, 4))).to(tl.int32)
+            mbyte = tl.sum(quads * weights[None, None, :], axis=2).to(tl.uint8)
+            mc = pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
+            tl.store(mask_ptr + rows[:, None] * (K_OUT // 8) + mc[None, :], mbyte, mask=row_ok)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -601,18 +567,6 @@ def default_tile(g: int, transposed: bool) -> Tile:
     if transposed:
         return Tile(64, 64, 4)
     return Tile(16, 128, 4) if g else Tile(8, 128, 4)
-
-
-@functools.lru_cache(maxsize=8)
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def _k_split(row_programs: int, chunks: int, device: torch.device) -> int:
-    """Programs along K, so that each loops over ``chunks / split`` chunks of its rows (loads overlap work)
-    while the grid still holds ~4 programs per SM (the CPU interpreter: 2 programs, so loops are exercised)."""
-    target = 4 * _sm_count(device) if device.type == "cuda" else 2
-    return max(1, min(chunks, -(-target // row_programs)))
 
 
 class PreparedRotation(NamedTuple):
@@ -794,16 +748,14 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         block_r = max(block_r, 16)
     block_k = _block_k(k_out, max(group, g, 16), max(largest_k, group, g, 16))
     h, rot_scale = device_rotation(rotation, device)
-    row_programs, chunks = triton.cdiv(r, block_r), k_out // block_k
-    k_iters = triton.cdiv(chunks, _k_split(row_programs, chunks, device))
-    grid = (row_programs, triton.cdiv(chunks, k_iters))
+    grid = (triton.cdiv(r, block_r), k_out // block_k)
     common = dict(SCALED=scaled, TRANS_LOAD=trans_load, G=g, PRECISION=_precision(dtype, device),
                   BLOCK_R=block_r, BLOCK_K=block_k, num_warps=num_warps)
     source = (dense, stride_r, stride_k, alpha_src, h, rot_scale)
     is_nv = quantizer.scale_format is ScaleFormat.E4M3
     if is_nv:  # pre-pass: the tensor scale from the (rotated) amax
         amax = torch.zeros(1, device=device, dtype=torch.float32)
-        stats_kernel[grid](*source, amax, placeholder(torch.uint8, device), r, k, k_out, k_iters, ROW_EXP=False, WRITE_SCALES=False,
+        stats_kernel[grid](*source, amax, placeholder(torch.uint8, device), r, k, k_out, ROW_EXP=False, WRITE_SCALES=False,
                            RULE=rule.rule, GROUP=group, **common, **_NO_FMA)
         s32 = amax / device_constant(rule.scales_max * rule.val_max, device)  # true division, as the reference
         s32 = torch.where(amax > 0, s32, torch.ones_like(s32))
@@ -818,7 +770,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     scales = torch.empty(r, k_out // group, dtype=torch.uint8, device=device) if keep_packed or scales_in else empty8
     if values == 1:  # pre-pass: each row's largest live scale exponent
         e_r = torch.full((r,), _NO_ROW_EXP.value, dtype=torch.int32, device=device)
-        stats_kernel[grid](*source, e_r, scales, r, k, k_out, k_iters, ROW_EXP=True, WRITE_SCALES=scales_in, RULE=rule.rule, GROUP=group,
+        stats_kernel[grid](*source, e_r, scales, r, k, k_out, ROW_EXP=True, WRITE_SCALES=scales_in, RULE=rule.rule, GROUP=group,
                            **common, **_NO_FMA)
         row_scale = torch.empty(r, 1, dtype=torch.float32, device=device)
         count = unfoldable_counter(device)  # the kernel adds its unfoldable groups to the device's running count
@@ -834,7 +786,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     quantize_kernel[grid](
         *source, s32, u_elem, u_scale, codes, scales, mask,
         out_values, e_r, row_scale, count,
-        r, k, k_out, k_iters, seed_ptr, seed_salt, rule.val_max,
+        r, k, k_out, seed_ptr, seed_salt, rule.val_max,
         RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
         WRITE_PACKED=keep_packed, VALUES=values, SCALES_IN=scales_in, **common, **_NO_FMA,
     )
