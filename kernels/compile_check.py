@@ -32,17 +32,26 @@ HOPPER_ONLY_VALUES = 1
 _SOURCE_TYPES = {"x_ptr": "*bf16", "alpha_ptr": "*fp32", "codes_ptr": "*u8", "scales_ptr": "*u8", "h_ptr": "*fp32", "rot_scale": "fp32"}
 
 
+def variant_tile(g: int, scaled: bool, sr: bool, *, as_launched: bool):
+    """The tile a variant compiles with: the launcher's (``default_tile``) with ``as_launched``, else 32 x 128 / 4 warps."""
+    from fp4compile.kernels.rotate_quantize import Tile, default_tile
+
+    return default_tile(g, scaled or sr) if as_launched else Tile(32, 128, 4)
+
+
 def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, precision: str, scaled: bool, mask: bool, values: int, write_packed: bool,
                     *, as_launched: bool = False):
 
     from fp4compile.kernels.rotate_quantize import quantize_kernel
 
+    tile = variant_tile(g, scaled, sr, as_launched=as_launched)
+    block_r = max(tile.block_r, 16) if rule == 13 else tile.block_r  # the 16x16-scale rule takes 16-row tiles (as the launcher)
     constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=scaled, TRANS_LOAD=scaled or sr,
                       HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed, VALUES=values,
-                      SCALES_IN=values == 1 and rule == 1, BLOCK_R=32, BLOCK_K=128)
+                      SCALES_IN=values == 1 and rule == 1, BLOCK_R=block_r, BLOCK_K=tile.block_k)
     types = {**_SOURCE_TYPES, "s32_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32", "mask_ptr": "*u8", "val_max": "fp32",
              "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "rs_ptr": "*fp32", "count_ptr": "*i64", "seed_ptr": "*i64"}
-    return _compile(quantize_kernel, constexprs, types, capability, as_launched=as_launched)
+    return _compile(quantize_kernel, constexprs, types, capability, as_launched=as_launched, num_warps=tile.num_warps)
 
 
 def compile_stats_kernels(capability: int, *, as_launched: bool = False):
@@ -51,12 +60,14 @@ def compile_stats_kernels(capability: int, *, as_launched: bool = False):
 
     for name, row_exp, rule, group, g, out in (("stats: row exponents (QuEST, H32)", True, 1, 32, 32, "*i32"),
                                                ("stats: tensor amax (RHT128)", False, 12, 16, 128, "*fp32")):
+        tile = variant_tile(g, False, False, as_launched=as_launched)
         constexprs = dict(ROW_EXP=row_exp, WRITE_SCALES=row_exp and rule == 1, RULE=rule, GROUP=group, SCALED=False, TRANS_LOAD=False,
-                          G=g, PRECISION="bf16", BLOCK_R=32, BLOCK_K=128)
-        yield name, _compile(stats_kernel, constexprs, {**_SOURCE_TYPES, "out_ptr": out, "scales_ptr": "*u8"}, capability, as_launched=as_launched)
+                          G=g, PRECISION="bf16", BLOCK_R=tile.block_r, BLOCK_K=tile.block_k)
+        yield name, _compile(stats_kernel, constexprs, {**_SOURCE_TYPES, "out_ptr": out, "scales_ptr": "*u8"}, capability,
+                             as_launched=as_launched, num_warps=tile.num_warps)
 
 
-def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launched: bool = False):
+def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launched: bool = False, num_warps: int = 4):
     """Compile one specialisation of ``kernel`` for sm_<capability>; unlisted runtime arguments are i32.
 
     ``as_launched``: specialise as Triton's launcher does for the usual call, so that the machine code is
@@ -73,7 +84,7 @@ def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launc
         attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in constexprs and (n.endswith("_ptr") or n in sized)}
     signature = {n: ("constexpr" if n in constexprs else types.get(n, "i32")) for n in names}
     src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"enable_fp_fusion": False})
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"enable_fp_fusion": False, "num_warps": num_warps})
 
 
 def compile_fold_kernels(capability: int):

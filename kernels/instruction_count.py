@@ -4,8 +4,10 @@
 
 Nsight Compute showed these kernels bound by instruction issue, not by memory (docs/perf_notes.md): their
 time follows the instructions they issue per element. This compiles each variant as the launcher
-specialises it at run time (compile_check's ``as_launched``), disassembles the cubin with the ``nvdisasm``
-that ships with Triton, and prints SASS instructions per element and the most frequent opcodes. The kernels
+specialises it at run time (compile_check's ``as_launched``: the launcher's tile and warps), disassembles the
+cubin with the ``nvdisasm`` that ships with Triton, and prints SASS instructions per element, the registers
+per thread (``cuobjdump``) with the resident warps per SM they allow (the kernels ran at 2 warps per scheduler,
+limited by registers, in Nsight Compute), and the most frequent opcodes. The kernels
 are straight-line code, so the static count is what a program issues, except for rare branches that are
 counted but seldom taken (the FP8 fold's path for groups far below their row's maximum, the IEEE
 division's slow path). Must run without TRITON_INTERPRET.
@@ -21,19 +23,37 @@ import subprocess
 import sys
 import tempfile
 
-from fp4compile.kernels.compile_check import VARIANTS, compile_stats_kernels, compile_variant
+from fp4compile.kernels.compile_check import VARIANTS, compile_stats_kernels, compile_variant, variant_tile
 
 _OPCODE = re.compile(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
 
 
-def _nvdisasm() -> str:
+def _tool(name: str) -> str:
     import triton
 
-    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
-    found = bundled if os.path.exists(bundled) else shutil.which("nvdisasm")
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    found = bundled if os.path.exists(bundled) else shutil.which(name)
     if found is None:
-        raise SystemExit("instruction_count needs nvdisasm (shipped with Triton's NVIDIA backend, or the CUDA toolkit's)")
+        raise SystemExit(f"instruction_count needs {name} (shipped with Triton's NVIDIA backend, or the CUDA toolkit's)")
     return found
+
+
+def registers(cubin: bytes) -> int:
+    """Registers per thread of the cubin's kernel (``cuobjdump --dump-resource-usage``)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"REG:(\d+)", out)
+    if found is None:
+        raise RuntimeError(f"cuobjdump printed no register count: {out[:300]}")
+    return int(found.group(1))
+
+
+def warps_per_sm(regs: int, num_warps: int) -> int:
+    """Resident warps per Hopper SM that the registers allow (64K registers, allocated per warp in units of 256; at most 64 warps)."""
+    per_warp = -(-regs * 32 // 256) * 256
+    return min(64, 65536 // (per_warp * num_warps) * num_warps)
 
 
 def opcodes(cubin: bytes) -> collections.Counter:
@@ -41,26 +61,34 @@ def opcodes(cubin: bytes) -> collections.Counter:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        sass = subprocess.run([_nvdisasm(), "-c", f.name], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([_tool("nvdisasm"), "-c", f.name], capture_output=True, text=True, check=True).stdout
     return collections.Counter(m.group(1) for m in map(_OPCODE.match, sass.splitlines()) if m)
 
 
-def report(name: str, cubin: bytes, elements_per_thread: int) -> str:
+def report(name: str, cubin: bytes, tile) -> str:
+    """One line: instructions (per element of the tile's share per thread), registers and the warps per SM they allow."""
     ops = opcodes(cubin)
     total = sum(ops.values())
+    elements_per_thread = tile.block_r * tile.block_k // (32 * tile.num_warps)
+    regs = registers(cubin)
     top = ", ".join(f"{o} {c}" for o, c in ops.most_common(8))
-    return f"{name}: {total} instructions, {total / elements_per_thread:.0f} per element ({top})"
+    return (f"{name} [{tile.block_r}x{tile.block_k}/{tile.num_warps} warps]: {total} instructions, {total / elements_per_thread:.0f} per element, "
+            f"{regs} registers ({warps_per_sm(regs, tile.num_warps)} warps per SM) ({top})")
 
 
 def main() -> int:
     if os.environ.get("TRITON_INTERPRET"):
         print("instruction_count must run without TRITON_INTERPRET", file=sys.stderr)
         return 2
-    # compile_check's tiles: 32 rows x 128 elements over 128 threads, i.e. 32 elements per thread
-    for name, *args in VARIANTS:
-        print(report(name, compile_variant(90, *args, as_launched=True).asm["cubin"], 32))
+    # each variant on the launcher's tile (default_tile), as it runs
+    for name, rule, sr, group, g, precision, scaled, *rest in VARIANTS:
+        tile = variant_tile(g, scaled, sr, as_launched=True)
+        if rule == 13:  # the 16x16-scale rule takes 16-row tiles
+            tile = tile._replace(block_r=max(tile.block_r, 16))
+        print(report(name, compile_variant(90, rule, sr, group, g, precision, scaled, *rest, as_launched=True).asm["cubin"], tile))
     for name, kernel in compile_stats_kernels(90, as_launched=True):
-        print(report(name, kernel.asm["cubin"], 32))
+        g = 128 if "128" in name else 32
+        print(report(name, kernel.asm["cubin"], variant_tile(g, False, False, as_launched=True)))
     return 0
 
 

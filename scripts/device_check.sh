@@ -2,7 +2,8 @@
 # Everything that belongs together on the GPU machine, in one go (no network there):
 #   bash scripts/device_check.sh tests   # install, whole test suite (CPU tests on that torch + GPU tests), kernel bandwidth
 #   bash scripts/device_check.sh bench   # one linear layer fwd+bwd at the Llama-7B shapes vs BF16 and torchao float8
-#   bash scripts/device_check.sh all     # kernel + GPU tests, kernel bandwidth with a tile sweep, the linear table (CUDA graphs)
+#   bash scripts/device_check.sh all     # kernel + GPU tests, the linear table (CUDA graphs), kernel bandwidth (SWEEP=--sweep: every tile),
+#                                        # TRAIN=SECONDS: then the 1B step (bf16, quartet; CUDA graphs) within that many seconds
 #   bash scripts/device_check.sh perf    # where a linear layer's step goes (profile per recipe), kernel bandwidth, the linear table
 #   bash scripts/device_check.sh accuracy [STEPS]  # bench_accuracy.py: every recipe on the 20m model, table + plot in $OUT
 #                                                  (PARALLEL=6 on a machine with 6+ GPUs: every recipe at once, one per GPU)
@@ -128,7 +129,9 @@ case "${1:-tests}" in
     ;;
   all)  # kernel tests, kernel bandwidth (with the tile sweep), then the linear-layer table
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8
-    timeout 150 python3 examples/bench_kernels.py --sweep 2>&1 | tee "$OUT/bench_kernels.log"
-    timeout 330 python3 examples/bench_linear.py --cudagraphs 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
+    timeout 420 python3 examples/bench_linear.py --cudagraphs 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
+    timeout 90 python3 examples/bench_kernels.py ${SWEEP:-} 2>&1 | tee "$OUT/bench_kernels.log"
+    [ -n "${TRAIN:-}" ] && timeout "$TRAIN" python3 examples/bench_train.py --cudagraphs --recipes quartet --float8 '' --warmup 2 --steps 5 \
+      --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -8
     ;;
 esac
