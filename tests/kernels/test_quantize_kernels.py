@@ -192,3 +192,35 @@ def test_kernel_rejects_unknown_quantizer():
     plugin = f4.Quantizer("test_plugin_rtn", f4.get_quantizer("nvfp4_rtn").fn, 16, "e4m3")  # a plug-in: no kernel rule
     with pytest.raises(NotImplementedError, match="no Triton kernel"):
         _kernel()(torch.randn(4, 32), plugin, None, seed=0)
+
+
+@pytest.mark.parametrize("name,rotation,layout,form", [("mxfp4_quest", "hadamard-32", "rows", "fp8"),
+                                                       ("mxfp4_tseng_rtn", "random_hadamard-32", "transposed", "fp8"),
+                                                       ("nvfp4_4over6", None, "rows", "bf16"),
+                                                       ("nvfp4_ms_eden", "random_hadamard-128", "rows", "bf16")])
+def test_results_do_not_depend_on_the_tile(name, rotation, layout, form):
+    """The launcher's tile (default_tile) is a speed choice only: every tile gives the same codes, scales,
+    mask, GEMM values and row scales, bit for bit (programs see other slices of the same rows and columns;
+    stochastic draws are keyed by element index, the FP8 fold's row exponents reduced over all programs)."""
+    from fp4compile.kernels.quantize import quantize_for_gemm
+    from fp4compile.kernels.rotate_quantize import Tile
+
+    q = f4.get_quantizer(name)
+    _, m = _rot(rotation)
+    x = torch.randn(48, 256) * torch.logspace(-3, 3, 256)[torch.randperm(256)]  # six decades, shuffled: groups far below their row's maximum, anywhere
+    src = (x.t().contiguous() if layout == "transposed" else x).to(DEV)
+    runs = []
+    for tile in (None, Tile(16, 64, 2), Tile(32, 128, 4), Tile(64, 64, 4)):
+        values, packed, mask = quantize_for_gemm(src, q, m, 11, form=form, keep_packed=True, transpose=layout == "transposed", tile=tile)
+        runs.append([t.cpu() for t in (values.values.view(torch.uint8) if form == "fp8" else values.values, packed.codes, packed.scales)]
+                    + [t.cpu() for t in (values.row_scale, mask) if t is not None])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert torch.equal(a, b) or (a.dtype.is_floating_point and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()))
+
+
+def test_rtn_16x16_rejects_a_tile_that_splits_its_blocks():
+    from fp4compile.kernels.rotate_quantize import Tile
+
+    with pytest.raises(ValueError, match="multiple of 16 rows"):
+        _kernel()(torch.randn(32, 64).to(DEV), f4.get_quantizer("nvfp4_rtn_16x16"), None, seed=0, tile=Tile(8, 64, 4))
