@@ -39,7 +39,7 @@ CASES = [
 
 
 def _case(case: tuple, x: torch.Tensor, **tile) -> tuple[functools.partial, int]:
-    """(the launch of one CASES row on x, bytes it reads); ``tile`` passes block_r / num_warps."""
+    """(the launch of one CASES row on x, bytes it reads); ``tile=Tile(...)`` overrides the launcher's tile."""
     _, name, rot, source, form, keep = case
     q = f4.get_quantizer(name)
     rotation = None if rot is None else parse_rotation(rot).matrix(1)

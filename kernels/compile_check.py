@@ -32,39 +32,40 @@ HOPPER_ONLY_VALUES = 1
 _SOURCE_TYPES = {"x_ptr": "*bf16", "alpha_ptr": "*fp32", "codes_ptr": "*u8", "scales_ptr": "*u8", "h_ptr": "*fp32", "rot_scale": "fp32"}
 
 
-def variant_tile(g: int, scaled: bool, sr: bool, *, as_launched: bool):
+def variant_tile(rule: int, g: int, transposed: bool, *, as_launched: bool):
     """The tile a variant compiles with: the launcher's (``default_tile``) with ``as_launched``, else 32 x 128 / 4 warps."""
-    from fp4compile.kernels.rotate_quantize import Tile, default_tile
+    from fp4compile.kernels.rotate_quantize import NV_RTN16, Tile, default_tile
 
-    return default_tile(g, scaled or sr) if as_launched else Tile(32, 128, 4)
+    return default_tile(g, transposed, 16 if rule == NV_RTN16.value else 1) if as_launched else Tile(32, 128, 4)
 
 
 def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, precision: str, scaled: bool, mask: bool, values: int, write_packed: bool,
                     *, as_launched: bool = False):
+    """(the compiled quantize kernel of one VARIANTS row, the tile it was compiled for)."""
 
     from fp4compile.kernels.rotate_quantize import quantize_kernel
 
-    tile = variant_tile(g, scaled, sr, as_launched=as_launched)
-    block_r = max(tile.block_r, 16) if rule == 13 else tile.block_r  # the 16x16-scale rule takes 16-row tiles (as the launcher)
+    tile = variant_tile(rule, g, scaled or sr, as_launched=as_launched)
     constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=scaled, TRANS_LOAD=scaled or sr,
                       HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed, VALUES=values,
-                      SCALES_IN=values == 1 and rule == 1, BLOCK_R=block_r, BLOCK_K=tile.block_k)
+                      SCALES_IN=values == 1 and rule == 1, BLOCK_R=tile.block_r, BLOCK_K=tile.block_k)
     types = {**_SOURCE_TYPES, "s32_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32", "mask_ptr": "*u8", "val_max": "fp32",
              "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "rs_ptr": "*fp32", "count_ptr": "*i64", "seed_ptr": "*i64"}
-    return _compile(quantize_kernel, constexprs, types, capability, as_launched=as_launched, num_warps=tile.num_warps)
+    return _compile(quantize_kernel, constexprs, types, capability, as_launched=as_launched, num_warps=tile.num_warps), tile
 
 
 def compile_stats_kernels(capability: int, *, as_launched: bool = False):
-    """The pre-pass: row exponents (MXFP4 -> FP8, QuEST after Hadamard-32) and the rotated tensor amax (MS-EDEN)."""
+    """The pre-pass: row exponents (MXFP4 -> FP8, QuEST after Hadamard-32) and the rotated tensor amax (MS-EDEN),
+    as (name, compiled kernel, tile)."""
     from fp4compile.kernels.rotate_quantize import stats_kernel
 
     for name, row_exp, rule, group, g, out in (("stats: row exponents (QuEST, H32)", True, 1, 32, 32, "*i32"),
                                                ("stats: tensor amax (RHT128)", False, 12, 16, 128, "*fp32")):
-        tile = variant_tile(g, False, False, as_launched=as_launched)
+        tile = variant_tile(rule, g, False, as_launched=as_launched)
         constexprs = dict(ROW_EXP=row_exp, WRITE_SCALES=row_exp and rule == 1, RULE=rule, GROUP=group, SCALED=False, TRANS_LOAD=False,
                           G=g, PRECISION="bf16", BLOCK_R=tile.block_r, BLOCK_K=tile.block_k)
         yield name, _compile(stats_kernel, constexprs, {**_SOURCE_TYPES, "out_ptr": out, "scales_ptr": "*u8"}, capability,
-                             as_launched=as_launched, num_warps=tile.num_warps)
+                             as_launched=as_launched, num_warps=tile.num_warps), tile
 
 
 def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launched: bool = False, num_warps: int = 4):
@@ -111,13 +112,13 @@ def main(capabilities: list[int]) -> int:
             if cap >= 100 and args[-2] == HOPPER_ONLY_VALUES:
                 continue
             try:
-                kernel = compile_variant(cap, *args)
+                kernel, _ = compile_variant(cap, *args)
                 print(f"sm_{cap} {name}: ok ({len(kernel.asm['cubin'])} bytes of cubin)")
             except Exception as err:  # report every variant, then fail
                 failed += 1
                 print(f"sm_{cap} {name}: FAILED {type(err).__name__}: {str(err)[:2000]}")
         try:
-            for name, kernel in [*compile_stats_kernels(cap), *compile_fold_kernels(cap)]:
+            for name, kernel, *_ in [*compile_stats_kernels(cap), *compile_fold_kernels(cap)]:
                 print(f"sm_{cap} {name}: ok ({len(kernel.asm['cubin'])} bytes of cubin)")
         except Exception as err:
             failed += 1

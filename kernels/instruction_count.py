@@ -23,7 +23,8 @@ import subprocess
 import sys
 import tempfile
 
-from fp4compile.kernels.compile_check import VARIANTS, compile_stats_kernels, compile_variant, variant_tile
+from fp4compile.kernels.compile_check import VARIANTS, compile_stats_kernels, compile_variant
+from fp4compile.kernels.rotate_quantize import Tile
 
 _OPCODE = re.compile(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
 
@@ -65,7 +66,7 @@ def opcodes(cubin: bytes) -> collections.Counter:
     return collections.Counter(m.group(1) for m in map(_OPCODE.match, sass.splitlines()) if m)
 
 
-def report(name: str, cubin: bytes, tile) -> str:
+def report(name: str, cubin: bytes, tile: Tile) -> str:
     """One line: instructions (per element of the tile's share per thread), registers and the warps per SM they allow."""
     ops = opcodes(cubin)
     total = sum(ops.values())
@@ -81,14 +82,11 @@ def main() -> int:
         print("instruction_count must run without TRITON_INTERPRET", file=sys.stderr)
         return 2
     # each variant on the launcher's tile (default_tile), as it runs
-    for name, rule, sr, group, g, precision, scaled, *rest in VARIANTS:
-        tile = variant_tile(g, scaled, sr, as_launched=True)
-        if rule == 13:  # the 16x16-scale rule takes 16-row tiles
-            tile = tile._replace(block_r=max(tile.block_r, 16))
-        print(report(name, compile_variant(90, rule, sr, group, g, precision, scaled, *rest, as_launched=True).asm["cubin"], tile))
-    for name, kernel in compile_stats_kernels(90, as_launched=True):
-        g = 128 if "128" in name else 32
-        print(report(name, kernel.asm["cubin"], variant_tile(g, False, False, as_launched=True)))
+    for name, *args in VARIANTS:
+        kernel, tile = compile_variant(90, *args, as_launched=True)
+        print(report(name, kernel.asm["cubin"], tile))
+    for name, kernel, tile in compile_stats_kernels(90, as_launched=True):
+        print(report(name, kernel.asm["cubin"], tile))
     return 0
 
 

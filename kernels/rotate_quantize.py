@@ -552,8 +552,9 @@ class Tile(NamedTuple):
     num_warps: int
 
 
-def default_tile(g: int, transposed: bool) -> Tile:
-    """The tile the launcher uses for rotation size g (0: none), reading along rows or transposed.
+def default_tile(g: int, transposed: bool, rows_multiple: int = 1) -> Tile:
+    """The tile the launcher uses for rotation size g (0: none), reading along rows or transposed, with a
+    multiple of ``rows_multiple`` rows (16 for the rule whose scales cover 16 x 16 blocks).
 
     The kernels are limited by how many warps the registers allow, not by issue slots (Nsight Compute on
     the H200: 2 warps per scheduler at 32 elements per thread, 4.2 cycles between a warp's instructions), so
@@ -563,10 +564,12 @@ def default_tile(g: int, transposed: bool) -> Tile:
     64 rows of 128 to be fast. Picked from ``bench_kernels.py --sweep`` on an H200 (BENCHMARKS.md).
     """
     if g == 128:
-        return Tile(64, 128, 4)
-    if transposed:
-        return Tile(64, 64, 4)
-    return Tile(16, 128, 4) if g else Tile(8, 128, 4)
+        tile = Tile(64, 128, 4)
+    elif transposed:
+        tile = Tile(64, 64, 4)
+    else:
+        tile = Tile(16, 128, 4) if g else Tile(8, 128, 4)
+    return tile._replace(block_r=-(-tile.block_r // rows_multiple) * rows_multiple)
 
 
 class PreparedRotation(NamedTuple):
@@ -741,11 +744,10 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     multiple = math.lcm(group, g or 1, 16, pad_to)
     k_out = -(-k // multiple) * multiple
     trans_load = stride_r == 1 and stride_k != 1  # r is the contiguous axis: load [K, R] tiles
-    block_r, largest_k, num_warps = tile or default_tile(g, trans_load)
-    if rule.rule == NV_RTN16.value:  # its scales cover 16 x 16 tiles, which must not straddle programs
-        if tile is not None and block_r % 16:
-            raise ValueError(f"quantize kernel: {quantizer.name} takes tiles of a multiple of 16 rows; got block_r={block_r}")
-        block_r = max(block_r, 16)
+    rows_multiple = 16 if rule.rule == NV_RTN16.value else 1  # its scales cover 16 x 16 blocks, which must not straddle programs
+    block_r, largest_k, num_warps = tile or default_tile(g, trans_load, rows_multiple)
+    if block_r % rows_multiple:
+        raise ValueError(f"quantize kernel: {quantizer.name} takes tiles of a multiple of {rows_multiple} rows; got block_r={block_r}")
     block_k = _block_k(k_out, max(group, g, 16), max(largest_k, group, g, 16))
     h, rot_scale = device_rotation(rotation, device)
     grid = (triton.cdiv(r, block_r), k_out // block_k)
