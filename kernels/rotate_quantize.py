@@ -86,6 +86,13 @@ def _grid_code(q):
 
 
 @triton.jit
+def _e2m1_value(c):
+    """E2M1 magnitude code 0..7 -> its value as float32: code 2e + m >= 2 is 2^(e-1) (1 + m/2), from bits; 1 -> 0.5, 0 -> 0."""
+    bits = (((c >> 1) + 126) << 23) | ((c & 1) << 22)
+    return tl.where(c >= 2, bits.to(tl.float32, bitcast=True), c.to(tl.float32) * 0.5)
+
+
+@triton.jit
 def _e2m1_magnitude_sr(mag, u):
     """Stochastic rounding between the two E2M1 neighbours of mag in [0, 6]: up with p = (mag-lo)/(hi-lo)."""
     lo = tl.where(mag < 2.0, tl.floor(mag * 2.0) * 0.5, tl.where(mag < 4.0, tl.floor(mag), tl.floor(mag * 0.5) * 2.0))
@@ -450,7 +457,7 @@ def quantize_kernel(
             v8 = _fold_byte(cmag, base2)
         else:  # some group 12 or more binades below its row's largest: round its values to E4M3 from FP32 bits
             scale2 = tl.reshape(tl.broadcast_to(_pow2(shift)[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
-            v8 = _e4m3_byte_of_fold(q * scale2)
+            v8 = _e4m3_byte_of_fold(_e2m1_value(cmag) * scale2)  # the value from its code: q need not stay live
         v8 = tl.where(bad2, 0x7F, v8 | ((codes & 8) << 4))  # the code's sign bit, -0 included; NaN groups
         tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v8.to(tl.uint8), mask=row_ok)
         unfoldable = tl.sum(tl.sum((nonzero & (e < e_r[:, None] - 14) & row_ok).to(tl.int32), axis=1), axis=0)
