@@ -16,6 +16,7 @@ import sys
 VARIANTS = [
     # (name, RULE, SR, GROUP, G, PRECISION, SCALED, WRITE_MASK, VALUES (0 none, 1 FP8, 2 BF16), WRITE_PACKED)
     ("mxfp4_quest+H32 -> fp8 + packed", 1, False, 32, 32, "bf16", False, True, 1, True),
+    ("mxfp4_tseng_rtn+RHT32 -> fp8", 2, False, 32, 32, "bf16", False, False, 1, False),
     ("mxfp4_tseng_rtn+RHT32 (saved source) -> fp8", 2, False, 32, 32, "bf16", True, False, 1, False),
     ("mxfp4_tseng_sr -> fp8", 2, True, 32, 0, "bf16", False, False, 1, False),
     ("mxfp4_rtn -> packed", 0, False, 32, 0, "bf16", False, False, 0, True),
