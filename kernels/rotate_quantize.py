@@ -558,6 +558,12 @@ class Tile(NamedTuple):
     block_k: int
     num_warps: int
 
+    def check(self) -> None:
+        """Triton's shapes are powers of two: say which field is not, before a compile error would."""
+        for field, value, low in (("block_r", self.block_r, 1), ("block_k", self.block_k, 16), ("num_warps", self.num_warps, 1)):
+            if value < low or value & (value - 1):
+                raise ValueError(f"quantize kernel: {field}={value} must be a power of two >= {low} (tile {tuple(self)})")
+
 
 def default_tile(g: int, transposed: bool, rows_multiple: int = 1) -> Tile:
     """The tile the launcher uses for rotation size g (0: none), reading along rows or transposed, with a
@@ -752,6 +758,8 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     k_out = -(-k // multiple) * multiple
     trans_load = stride_r == 1 and stride_k != 1  # r is the contiguous axis: load [K, R] tiles
     rows_multiple = 16 if rule.rule == NV_RTN16.value else 1  # its scales cover 16 x 16 blocks, which must not straddle programs
+    if tile is not None:
+        Tile(*tile).check()
     block_r, largest_k, num_warps = tile or default_tile(g, trans_load, rows_multiple)
     if block_r % rows_multiple:
         raise ValueError(f"quantize kernel: {quantizer.name} takes tiles of a multiple of {rows_multiple} rows; got block_r={block_r}")

@@ -224,3 +224,11 @@ def test_rtn_16x16_rejects_a_tile_that_splits_its_blocks():
 
     with pytest.raises(ValueError, match="multiple of 16 rows"):
         _kernel()(torch.randn(32, 64).to(DEV), f4.get_quantizer("nvfp4_rtn_16x16"), None, seed=0, tile=Tile(8, 64, 4))
+
+
+@pytest.mark.parametrize("tile,field", [((12, 64, 4), "block_r"), ((16, 8, 4), "block_k"), ((16, 64, 3), "num_warps")])
+def test_tile_that_is_not_powers_of_two_is_named(tile, field):
+    from fp4compile.kernels.rotate_quantize import Tile
+
+    with pytest.raises(ValueError, match=f"{field}=.* must be a power of two"):
+        _kernel()(torch.randn(32, 64).to(DEV), f4.get_quantizer("mxfp4_rtn"), None, seed=0, tile=Tile(*tile))
