@@ -14,17 +14,21 @@ import os
 import sys
 
 VARIANTS = [
-    # (name, RULE, SR, GROUP, G, PRECISION, SCALED, WRITE_MASK, VALUES (0 none, 1 FP8, 2 BF16), WRITE_PACKED)
-    ("mxfp4_quest+H32 -> fp8 + packed", 1, False, 32, 32, "bf16", False, True, 1, True),
-    ("mxfp4_tseng_rtn+RHT32 -> fp8", 2, False, 32, 32, "bf16", False, False, 1, False),
-    ("mxfp4_tseng_rtn+RHT32 (saved source) -> fp8", 2, False, 32, 32, "bf16", True, False, 1, False),
-    ("mxfp4_tseng_sr -> fp8", 2, True, 32, 0, "bf16", False, False, 1, False),
-    ("mxfp4_rtn -> packed", 0, False, 32, 0, "bf16", False, False, 0, True),
-    ("mxfp4_quest+H32 -> packed", 1, False, 32, 32, "bf16", False, True, 0, True),
-    ("nvfp4_4over6 -> bf16 + packed", 11, False, 16, 0, "bf16", False, False, 2, True),
-    ("nvfp4_sr -> bf16", 10, True, 16, 0, "bf16", False, False, 2, False),
-    ("nvfp4_ms_eden+RHT128 (saved source) -> bf16", 12, False, 16, 128, "bf16", True, False, 2, False),
-    ("nvfp4_rtn_16x16 -> bf16 + packed", 13, False, 16, 0, "bf16", False, False, 2, True),
+    # (name, RULE, SR, GROUP, G, PRECISION, SCALED, TRANSPOSED, WRITE_MASK, VALUES (0 none, 1 FP8, 2 BF16), WRITE_PACKED)
+    # SCALED (a saved FP4 tensor's block values) is always read transposed; TRANSPOSED is the X^T / E^T read
+    ("mxfp4_quest+H32 -> fp8 + packed", 1, False, 32, 32, "bf16", False, False, True, 1, True),
+    ("mxfp4_tseng_rtn+RHT32 -> fp8", 2, False, 32, 32, "bf16", False, False, False, 1, False),
+    ("mxfp4_tseng_rtn+RHT32 (saved source) -> fp8", 2, False, 32, 32, "bf16", True, True, False, 1, False),
+    ("mxfp4_tseng_sr+RHT32 -> fp8", 2, True, 32, 32, "bf16", False, False, False, 1, False),
+    ("mxfp4_tseng_sr (transposed, unrotated) -> fp8", 2, True, 32, 0, "bf16", False, True, False, 1, False),
+    ("mxfp4_rtn -> packed", 0, False, 32, 0, "bf16", False, False, False, 0, True),
+    ("mxfp4_quest+H32 -> packed", 1, False, 32, 32, "bf16", False, False, True, 0, True),
+    ("nvfp4_4over6 -> bf16 + packed", 11, False, 16, 0, "bf16", False, False, False, 2, True),
+    ("nvfp4_sr -> bf16", 10, True, 16, 0, "bf16", False, False, False, 2, False),
+    ("nvfp4_sr+RHT16 (transposed) -> bf16", 10, True, 16, 16, "bf16", False, True, False, 2, False),
+    ("nvfp4_sr (transposed, unrotated) -> bf16", 10, True, 16, 0, "bf16", False, True, False, 2, False),
+    ("nvfp4_ms_eden+RHT128 (saved source) -> bf16", 12, False, 16, 128, "bf16", True, True, False, 2, False),
+    ("nvfp4_rtn_16x16 -> bf16 + packed", 13, False, 16, 0, "bf16", False, False, False, 2, True),
 ]
 # The FP8 form (MXFP4 folded into FP8, VALUES=1) is the Hopper lowering: Blackwell multiplies packed FP4
 # (lowering/blackwell.py), so those variants compile for sm_9x only. (Triton 3.6's sm_100 pipeline also
@@ -40,14 +44,14 @@ def variant_tile(rule: int, g: int, transposed: bool, *, as_launched: bool):
     return default_tile(g, transposed, 16 if rule == NV_RTN16.value else 1) if as_launched else Tile(32, 128, 4)
 
 
-def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, precision: str, scaled: bool, mask: bool, values: int, write_packed: bool,
-                    *, as_launched: bool = False):
+def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, precision: str, scaled: bool, transposed: bool, mask: bool,
+                    values: int, write_packed: bool, *, as_launched: bool = False):
     """(the compiled quantize kernel of one VARIANTS row, the tile it was compiled for)."""
 
     from fp4compile.kernels.rotate_quantize import quantize_kernel
 
-    tile = variant_tile(rule, g, scaled or sr, as_launched=as_launched)
-    constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=scaled, TRANS_LOAD=scaled or sr,
+    tile = variant_tile(rule, g, transposed, as_launched=as_launched)
+    constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=scaled, TRANS_LOAD=transposed,
                       HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed, VALUES=values,
                       SCALES_IN=values == 1 and rule == 1, BLOCK_R=tile.block_r, BLOCK_K=tile.block_k)
     types = {**_SOURCE_TYPES, "s32_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32", "mask_ptr": "*u8", "val_max": "fp32",
