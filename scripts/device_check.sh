@@ -111,8 +111,10 @@ case "${1:-tests}" in
     ;;
   gemm)  # row-wise against 1x128 block-wise scaled FP8 GEMMs at the Llama-7B shapes, then the ncu counters of the quantize kernels
     timeout 200 python3 examples/bench_gemm_scaling.py 2>&1 | grep -v -i warn | tee "$OUT/bench_gemm_scaling.log"
-    [ -n "${SWEEP:-}" ] && timeout 400 python3 examples/bench_kernels.py --repeat 1 --sweep 2>&1 | tee "$OUT/bench_kernels_sweep.log"
-    [ -z "${NCU-1}" ] && exit 0  # NCU= skips the counters
+    if [ -n "${SWEEP:-}" ]; then
+      timeout 400 python3 examples/bench_kernels.py --repeat 1 --sweep 2>&1 | tee "$OUT/bench_kernels_sweep.log"
+    fi
+    if [ -z "${NCU-1}" ]; then exit 0; fi  # NCU= skips the counters
     timeout 300 ncu --clock-control none --profile-from-start off --section SpeedOfLight --section LaunchStats --section Occupancy \
       --section WarpStateStats --section InstructionStats python3 examples/bench_kernels.py --once > "$OUT/ncu.txt" 2>&1
     grep -E "^  [a-z_]+kernel|Duration|Memory Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|Executed Instructions  " "$OUT/ncu.txt" | head -200
@@ -131,7 +133,9 @@ case "${1:-tests}" in
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8
     timeout 420 python3 examples/bench_linear.py --cudagraphs 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
     timeout 90 python3 examples/bench_kernels.py ${SWEEP:-} 2>&1 | tee "$OUT/bench_kernels.log"
-    [ -n "${TRAIN:-}" ] && timeout "$TRAIN" python3 examples/bench_train.py --cudagraphs --recipes quartet --float8 '' --warmup 2 --steps 5 \
-      --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -8
+    if [ -n "${TRAIN:-}" ]; then
+      timeout "$TRAIN" python3 examples/bench_train.py --cudagraphs --recipes quartet --float8 '' --warmup 2 --steps 5 \
+        --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -8
+    fi
     ;;
 esac
