@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4compile.kernels.rotate_quantize import _e4m3_from_byte, _e4m3_rn, _pow2
+from fp4compile.kernels.rotate_quantize import _e2m1_value, _e4m3_from_byte, _e4m3_rn, _pow2
 
 _NONE = tl.constexpr(-1000)  # "no live group" marker for the row maximum
 
@@ -34,9 +34,7 @@ def _unpack(codes):
     c = codes.to(tl.int32)
     pair = tl.join(c & 0xF, (c >> 4) & 0xF)  # [BM, BK/2, 2]
     code = tl.reshape(pair, (pair.shape[0], pair.shape[1] * 2))
-    m = code & 7
-    mag = tl.where(m < 5, m.to(tl.float32) * 0.5, tl.where(m == 5, 3.0, tl.where(m == 6, 4.0, 6.0)))
-    return mag, (code >> 3) & 1
+    return _e2m1_value(code & 7), (code >> 3) & 1
 
 
 @triton.jit
