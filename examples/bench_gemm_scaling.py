@@ -28,6 +28,12 @@ def _fp8_pow2_blocks(rows: int, k: int, gen: torch.Generator) -> tuple[torch.Ten
     return x, torch.exp2(e)
 
 
+def _block_scales(sa: torch.Tensor, sb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[M, K/128] and [N, K/128] scales as torch 2.11's ``_scaled_mm`` takes them for 1x128 x 1x128:
+    scale_a [M, K/128] with strides (1, M), scale_b [K/128, N] row-major."""
+    return sa.t().contiguous().t(), sb.t().contiguous()
+
+
 def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a.double() - ref).norm() / ref.norm())
 
@@ -39,7 +45,8 @@ def _check(m: int, k: int, n: int, gen: torch.Generator) -> tuple[float, float]:
     a = (a8.double().reshape(m, k // 128, 128) * sa.double()[:, :, None]).reshape(m, k)
     b = (b8.double().reshape(n, k // 128, 128) * sb.double()[:, :, None]).reshape(n, k)
     ref = a @ b.t()
-    blk = torch._scaled_mm(a8, b8.t(), scale_a=sa.t().contiguous().t(), scale_b=sb.t().contiguous(), out_dtype=torch.float32)
+    blk_a, blk_b = _block_scales(sa, sb)
+    blk = torch._scaled_mm(a8, b8.t(), scale_a=blk_a, scale_b=blk_b, out_dtype=torch.float32)
     # the row-wise GEMM's error on the same FP8 values with each row's first block scale throughout
     row = torch._scaled_mm(a8, b8.t(), scale_a=sa[:, :1].contiguous(), scale_b=sb[:, :1].t().contiguous(), out_dtype=torch.float32)
     ref_row = (a8.double() * sa.double()[:, :1]) @ (b8.double() * sb.double()[:, :1]).t()
@@ -52,8 +59,7 @@ def _times(m: int, kk: int, nn: int, gen: torch.Generator) -> tuple[float, float
     b8, sb = _fp8_pow2_blocks(nn, kk, gen)
     a16, b16 = a8.to(torch.bfloat16), b8.to(torch.bfloat16)
     row_a, row_b = sa[:, :1].contiguous(), sb[:, :1].t().contiguous()
-    # scale_a [M, K/128] with strides (1, M); scale_b [K/128, N] row-major (torch 2.11's _scaled_mm shapes for 1x128 x 1x128)
-    blk_a, blk_b = sa.t().contiguous().t(), sb.t().contiguous()
+    blk_a, blk_b = _block_scales(sa, sb)
     t_bf16 = triton.testing.do_bench(lambda: a16 @ b16.t(), return_mode="median")
     t_row = triton.testing.do_bench(lambda: torch._scaled_mm(a8, b8.t(), scale_a=row_a, scale_b=row_b, out_dtype=torch.bfloat16),
                                     return_mode="median")

@@ -39,12 +39,17 @@ def _tool(name: str) -> str:
     return found
 
 
-def registers(cubin: bytes) -> int:
-    """Registers per thread of the cubin's kernel (``cuobjdump --dump-resource-usage``)."""
+def _on_cubin(tool: str, flag: str, cubin: bytes) -> str:
+    """What ``tool flag <cubin file>`` prints."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+        return subprocess.run([_tool(tool), flag, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def registers(cubin: bytes) -> int:
+    """Registers per thread of the cubin's kernel (``cuobjdump --dump-resource-usage``)."""
+    out = _on_cubin("cuobjdump", "--dump-resource-usage", cubin)
     found = re.search(r"REG:(\d+)", out)
     if found is None:
         raise RuntimeError(f"cuobjdump printed no register count: {out[:300]}")
@@ -59,10 +64,7 @@ def warps_per_sm(regs: int, num_warps: int) -> int:
 
 def opcodes(cubin: bytes) -> collections.Counter:
     """Opcode (without modifiers) -> count, over the cubin's SASS."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        sass = subprocess.run([_tool("nvdisasm"), "-c", f.name], capture_output=True, text=True, check=True).stdout
+    sass = _on_cubin("nvdisasm", "-c", cubin)
     return collections.Counter(m.group(1) for m in map(_OPCODE.match, sass.splitlines()) if m)
 
 
