@@ -63,13 +63,18 @@ def main() -> None:
         base.weight.grad = None
         model(x).backward(g)
 
+    profile_step(step, f"{args.recipe} [{args.tokens}x{args.k}] -> {args.n}", args.steps, args.top, args.host)
+
+
+def profile_step(step, label: str, steps: int = 5, top: int = 25, host: int = 0) -> None:
+    """Warm ``step`` up, time it (median of do_bench) and print its GPU busy share, host syncs and top kernels."""
     for _ in range(3):
         step()
     torch.cuda.synchronize()
     wall = triton.testing.do_bench(step, return_mode="median")
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(args.steps):
+        for _ in range(steps):
             step()
         torch.cuda.synchronize()
     kernels: dict[str, list[float]] = defaultdict(list)
@@ -79,20 +84,19 @@ def main() -> None:
             kernels[ev.name].append(ev.device_time_total)
         elif ev.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy", "cudaMemcpyAsync", "cudaEventSynchronize"):
             syncs[ev.name] += 1
-    gpu_ms = sum(sum(v) for v in kernels.values()) / 1e3 / args.steps
-    print(f"{args.recipe} [{args.tokens}x{args.k}] -> {args.n}: wall {wall:.3f} ms/step, GPU kernels {gpu_ms:.3f} ms/step "
-          f"({gpu_ms / wall:.0%} busy)")
-    print("host calls per step: " + ", ".join(f"{k} {v / args.steps:g}" for k, v in sorted(syncs.items())))
-    if args.host:
-        cpu = sorted((e for e in prof.key_averages() if e.self_cpu_time_total > 0), key=lambda e: -e.self_cpu_time_total)[: args.host]
+    gpu_ms = sum(sum(v) for v in kernels.values()) / 1e3 / steps
+    print(f"{label}: wall {wall:.3f} ms/step, GPU kernels {gpu_ms:.3f} ms/step ({gpu_ms / wall:.0%} busy)")
+    print("host calls per step: " + ", ".join(f"{k} {v / steps:g}" for k, v in sorted(syncs.items())))
+    if host:
+        cpu = sorted((e for e in prof.key_averages() if e.self_cpu_time_total > 0), key=lambda e: -e.self_cpu_time_total)[:host]
         print("| host op or CUDA API call (torch.profiler) | calls/step | self ms/step |\n|---|---|---|")
         for e in cpu:
-            print(f"| {e.key[:100]} | {e.count / args.steps:g} | {e.self_cpu_time_total / 1e3 / args.steps:.3f} |")
-        _host_profile(step, args.steps, args.host)
-    rows = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[: args.top]
+            print(f"| {e.key[:100]} | {e.count / steps:g} | {e.self_cpu_time_total / 1e3 / steps:.3f} |")
+        _host_profile(step, steps, host)
+    rows = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:top]
     print("| kernel | calls/step | ms/step |\n|---|---|---|")
     for name, times in rows:
-        print(f"| {name[:110]} | {len(times) / args.steps:g} | {sum(times) / 1e3 / args.steps:.3f} |")
+        print(f"| {name[:110]} | {len(times) / steps:g} | {sum(times) / 1e3 / steps:.3f} |")
 
 
 if __name__ == "__main__":

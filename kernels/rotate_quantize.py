@@ -489,6 +489,25 @@ def quantize_kernel(
             tl.store(mask_ptr + rows[:, None] * (K_OUT // 8) + mc[None, :], mbyte, mask=row_ok)
 
 
+@triton.jit
+def signed_hadamard_kernel(h_ptr, out_ptr, seed_ptr, seed_salt, G: tl.constexpr, INVERSE: tl.constexpr):
+    """M = D H, or M^T = H D with INVERSE, for the +-1 Hadamard H [G, G] and D = diag(seeds.random_signs(G, seed)).
+
+    One launch per random rotation where the torch formula took ~17 (hash, shifts, casts: most of a small
+    model's step's launches). random_signs' sign i is 1 - 2 * (hash32(key, i) >> 31): the hash's top bit,
+    set exactly when _uniform's (hash >> 8) / 2^24 is >= 1/2.
+    """
+    key = (tl.load(seed_ptr) & 0x7FFFFFFF) ^ seed_salt
+    i = tl.arange(0, G)
+    sign = tl.where(_uniform(key, i) >= 0.5, -1.0, 1.0)
+    h = tl.load(h_ptr + i[:, None] * G + i[None, :])
+    if INVERSE:
+        m = h * sign[None, :]  # M^T = H D: column j scaled by signs[j]
+    else:
+        m = h * sign[:, None]  # M = D H: row i scaled by signs[i]
+    tl.store(out_ptr + i[:, None] * G + i[None, :], m)
+
+
 # ------------------------------------------------------------------------------------------------
 # Launcher: check, allocate, launch
 # ------------------------------------------------------------------------------------------------
@@ -507,7 +526,7 @@ from fp4compile.quantized import GemmValues, QuantizedTensor, ScaleFormat  # noq
 from fp4compile.quantizers import Quantizer  # noqa: E402
 from fp4compile.reference.nvfp4 import EDEN_VAL_MAX, SR_VAL_MAX  # noqa: E402
 from fp4compile.rotations import Rotation, hadamard_matrix  # noqa: E402
-from fp4compile.seeds import KEY_BITS, DeviceSeed, Seed, random_signs  # noqa: E402
+from fp4compile.seeds import KEY_BITS, DeviceSeed, Seed  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -653,8 +672,9 @@ def prepare_rotation(rotation: Rotation, seed: Seed | None, device: torch.device
     """The rotation's ``M`` (or ``M^T`` with ``inverse``) prepared for the kernels on ``device``, without a host sync.
 
     A fixed Hadamard is copied once per device. A random one, ``M = D H``, is formed on the device from the
-    seed each call (``seeds.random_signs``: the reference's signs, bit for bit), so that a DeviceSeed never
-    leaves the device and a CUDA-graph replay draws new signs. None for the identity.
+    seed each call by one launch of ``signed_hadamard_kernel`` (``seeds.random_signs``: the reference's signs,
+    bit for bit), so that a DeviceSeed never leaves the device and a CUDA-graph replay draws new signs. None for
+    the identity.
     """
     if rotation.is_identity:
         return None
@@ -665,9 +685,11 @@ def prepare_rotation(rotation: Rotation, seed: Seed | None, device: torch.device
         return PreparedRotation(h, c)  # H is symmetric: H^T = H
     if seed is None:
         raise ValueError(f"rotation {rotation} is random: pass a seed")
-    signs = random_signs(rotation.size, seed, device)
-    # M = D H: row i scaled by signs[i];  M^T = H D: column j scaled by signs[j]
-    return PreparedRotation(h * signs[None, :] if inverse else signs[:, None] * h, c)
+    g = rotation.size
+    m = torch.empty(g, g, dtype=torch.float32, device=device)
+    seed_ptr, seed_salt = kernel_seed(seed, device)
+    signed_hadamard_kernel[(1,)](h, m, seed_ptr, seed_salt, G=g, INVERSE=inverse)
+    return PreparedRotation(m, c)
 
 
 def _precision(dtype: torch.dtype, device: torch.device) -> str:

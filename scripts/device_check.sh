@@ -6,7 +6,8 @@
 #                                        # TRAIN=SECONDS: then the 1B step (bf16, quartet; CUDA graphs) within that many seconds
 #   bash scripts/device_check.sh perf    # where a linear layer's step goes (profile per recipe), kernel bandwidth, the linear table
 #   bash scripts/device_check.sh accuracy [STEPS]  # bench_accuracy.py: every recipe on the 20m model, table + plot in $OUT
-#                                                  (PARALLEL=6 on a machine with 6+ GPUs: every recipe at once, one per GPU)
+#                                                  (TPP=10: tokens per parameter instead of steps; PARALLEL=4: four recipes at
+#                                                  a time, one per GPU, slowest first; ends by second ACC_END=590 of the script)
 #   bash scripts/device_check.sh train   # bench_train.py: ~1B training step throughput and memory vs BF16 and torchao
 #   bash scripts/device_check.sh train2  # GPU tests named in TESTS, the 1B step with CUDA graphs, a 20m tokens/s probe
 #   bash scripts/device_check.sh final   # the GPU test suite, then the 1B table with and without CUDA graphs
@@ -17,6 +18,8 @@
 #   bash scripts/device_check.sh gemm    # row-wise vs 1x128 block-scaled FP8 GEMMs (bench_gemm_scaling.py), ncu of the quantize kernels
 #   bash scripts/device_check.sh tiles   # kernel tests, bench_kernels --sweep (every tile, 3 rounds), bench_linear --cudagraphs (RECIPES)
 #   bash scripts/device_check.sh graphs  # GPU tests, host/GPU profile with and without CUDA graphs, the linear table with them
+#   bash scripts/device_check.sh step    # GPU tests named in TESTS (if any), kernel bandwidth, where a small model's training step
+#                                        # goes (profile_train.py; SIZE, RECIPES)
 # torchao travels as a wheel in .whl/ (carry it). Logs land in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/fp4compile_device}
@@ -44,9 +47,15 @@ case "${1:-tests}" in
     timeout 120 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
     timeout 300 python3 examples/bench_linear.py 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
     ;;
-  accuracy)
-    timeout 570 python3 examples/bench_accuracy.py --steps "${2:-250}" --batch 128 --parallel "${PARALLEL:-1}" --out /tmp/accuracy \
+  accuracy)  # [STEPS] or TPP=tokens per parameter; PARALLEL=N: N recipes at once, one per GPU; run logs and metrics copied to $OUT
+    size_args="--steps ${2:-250}"
+    if [ -n "${TPP:-}" ]; then size_args="--tokens-per-param $TPP"; fi
+    timeout $((${ACC_END:-590} - SECONDS)) python3 examples/bench_accuracy.py $size_args --batch 128 --parallel "${PARALLEL:-1}" --out /tmp/accuracy \
       --table "$OUT/accuracy.md" --plot "$OUT/accuracy.png" 2>&1 | grep -v -i warn | tee "$OUT/accuracy.log" | grep -v "it/s\]" | tail -30
+    for d in /tmp/accuracy/*/; do
+      mkdir -p "$OUT/accuracy_runs/$(basename "$d")" && cp "$d"metrics.* "$d"loss.png "$OUT/accuracy_runs/$(basename "$d")/" 2>/dev/null
+    done
+    for f in /tmp/accuracy/*.log; do tr '\r' '\n' < "$f" | grep -v "it/s\]" > "$OUT/accuracy_runs/$(basename "$f")"; done 2>/dev/null
     ;;
   train)
     timeout 570 python3 examples/bench_train.py "${@:2}" --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -20
@@ -128,6 +137,14 @@ case "${1:-tests}" in
     timeout 150 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
     timeout 400 python3 examples/bench_train.py --cudagraphs --recipes quartet,quartet2,nvidia --float8 rowwise --warmup 2 --steps 5 \
       --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -12
+    ;;
+  step)  # is the small model's FP4 step slow in the quantize kernels, the GEMMs or elsewhere?
+    if [ -n "${TESTS:-}" ]; then
+      python3 -m pytest -q -p no:cacheprovider -rs $TESTS 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -6
+    fi
+    timeout 90 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
+    timeout ${PROFILE_S:-330} python3 examples/profile_train.py --size ${SIZE:-20m} --recipes ${RECIPES:-bf16,quartet,quartet2} ${PROFILE_ARGS:-} 2>&1 \
+      | grep -v -i warn | tee "$OUT/profile_train.log"
     ;;
   all)  # kernel tests, kernel bandwidth (with the tile sweep), then the linear-layer table
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8

@@ -79,20 +79,24 @@ def test_epilogue_fallback_equals_the_kernel():
 
 
 def test_rotation_matrices_formed_on_the_device_equal_the_reference():
-    """Random rotations are formed on the device from the seed (a DeviceSeed never leaves it): M and M^T are
-    the reference's matrices for the same seed value, new for a new seed; fixed ones are cached once."""
+    """Random rotations are formed on the device from the seed (a DeviceSeed never leaves it) by one kernel
+    launch: M and M^T are the reference's matrices for the same seed value (every size, fresh seeds, device
+    and int seeds), new for a new seed; fixed ones are cached once."""
     from fp4compile.kernels.rotate_quantize import prepare_rotation
     from fp4compile.rotations import parse_rotation
     from fp4compile.seeds import DeviceSeed, sub_seed
 
-    rot, dev = parse_rotation("random_hadamard-32"), torch.device(DEV)
-    base = DeviceSeed(torch.tensor([123456789], dtype=torch.int64, device=dev))
-    seed = sub_seed(base, "rotation", "backward")
-    m, m_t = prepare_rotation(rot, seed, dev), prepare_rotation(rot, seed, dev, inverse=True)
-    expected = rot.matrix(sub_seed(123456789, "rotation", "backward"))
-    assert torch.equal(m.h.cpu() * m.scale, expected)  # +-1 entries times float32 1/sqrt(32)
-    assert torch.equal(m_t.h.cpu() * m_t.scale, expected.t())
-    assert not torch.equal(prepare_rotation(rot, sub_seed(base, "other"), dev).h.cpu(), m.h.cpu())
+    dev = torch.device(DEV)
+    for size, value in zip((16, 32, 128), torch.randint(0, 2**62, (3,)).tolist()):
+        rot = parse_rotation(f"random_hadamard-{size}")
+        base = DeviceSeed(torch.tensor([value], dtype=torch.int64, device=dev))
+        seed = sub_seed(base, "rotation", "backward")
+        expected = rot.matrix(sub_seed(value, "rotation", "backward"))
+        for s in (seed, sub_seed(value, "rotation", "backward")):
+            m, m_t = prepare_rotation(rot, s, dev), prepare_rotation(rot, s, dev, inverse=True)
+            assert torch.equal(m.h.cpu() * m.scale, expected), size  # +-1 entries times float32 1/sqrt(G)
+            assert torch.equal(m_t.h.cpu() * m_t.scale, expected.t()), size
+        assert not torch.equal(prepare_rotation(rot, sub_seed(base, "other"), dev).h.cpu(), m.h.cpu())
     fixed = parse_rotation("hadamard-32")
     assert prepare_rotation(fixed, None, dev).h is prepare_rotation(fixed, 7, dev).h
     assert prepare_rotation(parse_rotation("none"), 5, dev) is None

@@ -1,0 +1,112 @@
+"""Where one training step of an examples/train.py model goes: wall time with and without CUDA graphs, and
+the GPU kernels of a host-launched step grouped by kind (our quantize kernels, GEMMs, Inductor's fused
+kernels, the optimizer, attention).
+
+    python examples/profile_train.py --size 20m --batch 128 --recipes bf16,quartet,quartet2
+
+Why: the accuracy benchmark's 20m model trains 3x-6x slower under the FP4 recipes than under BF16, while
+one 7B-shaped linear layer is within 0.5x-1.2x of BF16; this says which kernels take the difference at
+small widths. CUDA-graph replays hide their kernels from the profiler, so the kernel table is of the
+host-launched step. Needs a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import triton.testing
+from torch.profiler import ProfilerActivity, profile
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from examples import train
+
+# kernel name fragment -> kind (first match wins; checked in this order)
+KINDS = [
+    ("quantize_kernel", "fp4 quantize"), ("stats_kernel", "fp4 pre-pass (row/tensor stats)"), ("fold_kernel", "fp4 fold"),
+    ("bf16_values_kernel", "fp4 dequantize"), ("epilogue_kernel", "fp4 GEMM epilogue"),
+    ("flash", "attention"), ("fmha", "attention"), ("attention", "attention"),
+    ("multi_tensor", "optimizer / grad clip"), ("foreach", "optimizer / grad clip"),
+    ("gemm", "GEMM"), ("xmma", "GEMM"), ("nvjet", "GEMM"), ("cutlass", "GEMM"), ("sm90", "GEMM"),
+    ("triton_", "inductor fused"),
+]
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    return next((kind for frag, kind in KINDS if frag in low), "other")
+
+
+def build_step(size: str, recipe: str, batch: int, seq: int, cudagraphs: bool):
+    model = train.build_model(size, seq, 0, "cuda", torch.bfloat16)
+    compiled = torch.compile(model, backend="quartet", options={"recipe": recipe, "cudagraphs": cudagraphs})
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    train_data, _ = train.load_data(None)
+    x, y = (t.cuda() for t in train.get_batch(train_data, batch, seq, torch.Generator().manual_seed(0)))
+
+    def step():  # as examples/train.py's loop, less the data loading and the per-step loss.item()
+        loss = compiled(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def kernel_table(step, steps: int, top: int) -> tuple[float, list[tuple[str, float, float]]]:
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = defaultdict(list)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[ev.name].append(ev.device_time_total / 1e3 / steps)
+    by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for name, times in kernels.items():
+        k = by_kind[kind_of(name)]
+        k[0] += len(times) / steps
+        k[1] += sum(times)
+    total = sum(v[1] for v in by_kind.values())
+    print("| kind | kernels/step | ms/step | share |\n|---|---:|---:|---:|")
+    for kind, (n, ms) in sorted(by_kind.items(), key=lambda kv: -kv[1][1]):
+        print(f"| {kind} | {n:g} | {ms:.3f} | {ms / total:.0%} |")
+    print("| kernel | calls/step | ms/step |\n|---|---:|---:|")
+    for name, times in sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        print(f"| {name[:110]} | {len(times) / steps:g} | {sum(times):.3f} |")
+    return total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="20m", choices=list(train.SIZES))
+    p.add_argument("--recipes", default="bf16,quartet")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--steps", type=int, default=5, help="profiled steps")
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--graphs-only", action="store_true", help="only the CUDA-graph step time of each recipe (no kernel table)")
+    args = p.parse_args()
+    tokens = args.batch * args.seq
+    for recipe in [r for r in args.recipes.split(",") if r]:
+        for graphs in (True,) if args.graphs_only else (True, False):
+            step = build_step(args.size, recipe, args.batch, args.seq, graphs)
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+            wall = triton.testing.do_bench(step, warmup=5, rep=200, return_mode="median")
+            label = f"{recipe} {args.size} {args.batch}x{args.seq} {'CUDA graphs' if graphs else 'host-launched'}"
+            print(f"\n## {label}: {wall:.2f} ms/step, {tokens / wall * 1e3:,.0f} tokens/s", flush=True)
+            if not graphs:
+                gpu = kernel_table(step, args.steps, args.top)
+                print(f"GPU kernels {gpu:.2f} ms/step ({gpu / wall:.0%} of the host-launched wall time)", flush=True)
+            torch._dynamo.reset()
+
+
+if __name__ == "__main__":
+    main()
