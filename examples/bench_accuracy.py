@@ -25,9 +25,9 @@ if __package__ in (None, ""):
 from examples import train
 
 RECIPES = ["bf16", "quartet", "quartet-sr", "quartet2", "nvidia", "mxfp4-rtn"]
-# Step time relative to bf16 on the 20m model (session 3's accuracy run, H200: tokens/s 2.61M / each recipe's):
+# Step time relative to bf16 on the 20m model, batch 128 x 256, CUDA graphs (profile_train.py --graphs-only, H200):
 # the parallel runs start the longest first, so that six recipes on four GPUs end together.
-STEP_COST = {"quartet2": 6.4, "quartet-sr": 4.6, "nvidia": 3.6, "mxfp4-rtn": 3.5, "quartet": 3.3, "bf16": 1.0}
+STEP_COST = {"quartet2": 4.33, "quartet-sr": 2.98, "nvidia": 2.88, "mxfp4-rtn": 2.71, "quartet": 2.47, "bf16": 1.0}
 PAPER_GAPS = {"quartet": "~0.07 (Quartet T3, 30M, D/N 25)", "quartet2": "0.0430 (QII, 30M, D/N 25)", "nvidia": "0.0548 (QII, 30M, D/N 25)"}
 
 
@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"accuracy benchmark: {args.size} ({params / 1e6:.1f}M parameters), {steps} steps x {args.batch} x {args.seq} bytes "
           f"= {steps * args.batch * args.seq / params:.1f} tokens per parameter")
     common = (["--size", args.size, "--steps", str(steps), "--batch", str(args.batch), "--seq", str(args.seq),
-               "--eval-every", str(max(1, steps // 4)), "--seed", str(args.seed)] + (["--cudagraphs"] if args.cudagraphs else []))
+               "--eval-every", str(max(1, steps // 4)), "--eval-batches", "32", "--seed", str(args.seed),
+               "--data-bytes", str(max(32 << 20, steps * args.batch * args.seq))]  # the stdlib corpus read once at most (~150 MB exist)
+              + (["--cudagraphs"] if args.cudagraphs else []))
     if args.parallel > 1:
         summaries = train_in_parallel(recipes, common, Path(args.out), args.parallel)
     else:

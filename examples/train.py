@@ -105,7 +105,8 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def load_data(data_path: str | None, max_bytes: int = 32 << 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, validation) byte tensors: the stdlib split by file, or ``data_path`` with its last 5% held out."""
+    """(train, validation) byte tensors: the stdlib split by file (train capped at ``max_bytes``), or ``data_path``
+    with its last 5% held out."""
     if data_path is None:
         return stdlib_text(max_bytes), stdlib_text(max(1 << 20, max_bytes // 8), split="validation")
     path = Path(data_path).expanduser()
@@ -297,7 +298,7 @@ def train_one(recipe: str, args, data: tuple[torch.Tensor, torch.Tensor] | None 
     main_rank = rank == 0
     out = Path(args.out_dirs[recipe])
     out.mkdir(parents=True, exist_ok=True)
-    train_data, val_data = data if data is not None else load_data(args.data)
+    train_data, val_data = data if data is not None else load_data(args.data, args.data_bytes)
     peak_lr = args.lr if args.lr is not None else DEFAULT_LR[args.size]
 
     model = build_model(args.size, args.seq, args.seed, device, dtype)
@@ -461,6 +462,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recipe", default="quartet", choices=fp4compile.recipes())
     p.add_argument("--compare", default=None, help="comma-separated recipes trained one after another, e.g. bf16,quartet,quartet2")
     p.add_argument("--data", default=None, help="text file or folder (recursive); default: Python's stdlib sources")
+    p.add_argument("--data-bytes", type=int, default=32 << 20,
+                   help="default corpus: read at most this many bytes of the stdlib's sources for training (one epoch of a long run)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=256)
@@ -495,7 +498,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    data = load_data(args.data)
+    data = load_data(args.data, args.data_bytes)
     source = args.data or "Python stdlib sources"
     main_rank = distributed()[0] == 0
     if main_rank:
