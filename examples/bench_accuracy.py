@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"= {steps * args.batch * args.seq / params:.1f} tokens per parameter")
     common = (["--size", args.size, "--steps", str(steps), "--batch", str(args.batch), "--seq", str(args.seq),
                "--eval-every", str(max(1, steps // 4)), "--eval-batches", "32", "--seed", str(args.seed),
-               "--data-bytes", str(max(32 << 20, steps * args.batch * args.seq))]  # the stdlib corpus read once at most (~150 MB exist)
+               "--data-bytes", str(max(32 << 20, steps * args.batch * args.seq))]  # the corpus read once: stdlib, then site-packages sources
               + (["--cudagraphs"] if args.cudagraphs else []))
     if args.parallel > 1:
         summaries = train_in_parallel(recipes, common, Path(args.out), args.parallel)

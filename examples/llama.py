@@ -113,26 +113,31 @@ class Llama(nn.Module):
 
 
 def stdlib_text(max_bytes: int = 8 << 20, split: str = "train") -> torch.Tensor:
-    """Bytes of the running interpreter's standard-library sources: real text that needs no download.
+    """Bytes of the running interpreter's Python sources: real text that needs no download.
 
-    Files are split by name hash: about 1 in 20 goes to ``validation``.
+    The standard library first; when it holds fewer than ``max_bytes`` (a slim interpreter's stdlib can be
+    ~10 MB, which a long run would read many times over and memorise), the installed packages' sources
+    (site-packages) follow. Files are split by name hash: about 1 in 20 goes to ``validation``.
     """
-    root = sysconfig.get_paths()["stdlib"]
+    paths = sysconfig.get_paths()
+    roots = [paths["stdlib"], *dict.fromkeys(p for p in (paths.get("purelib"), paths.get("platlib")) if p and os.path.isdir(p))]
     chunks, total = [], 0
-    for dirpath, dirnames, filenames in sorted(os.walk(root)):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "test", "tests", "__pycache__"))
-        for name in sorted(filenames):
-            if not name.endswith(".py"):
-                continue
-            is_val = (sum(name.encode()) % 20) == 0
-            if is_val != (split == "validation"):
-                continue
-            with open(os.path.join(dirpath, name), "rb") as f:
-                data = f.read()
-            chunks.append(data)
-            total += len(data)
-            if total >= max_bytes:
-                return torch.frombuffer(bytearray(b"".join(chunks)[:max_bytes]), dtype=torch.uint8).long()
+    for i, root in enumerate(roots):
+        skip = ("test", "tests", "__pycache__") + (("site-packages", "dist-packages") if i == 0 else ())
+        for dirpath, dirnames, filenames in os.walk(root):  # top-down: pruning dirnames skips those folders
+            dirnames[:] = sorted(d for d in dirnames if d not in skip)  # and sorting them fixes the order
+            for name in sorted(filenames):
+                if not name.endswith(".py"):
+                    continue
+                is_val = (sum(name.encode()) % 20) == 0
+                if is_val != (split == "validation"):
+                    continue
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    data = f.read()
+                chunks.append(data)
+                total += len(data)
+                if total >= max_bytes:
+                    return torch.frombuffer(bytearray(b"".join(chunks)[:max_bytes]), dtype=torch.uint8).long()
     return torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8).long()
 
 

@@ -93,7 +93,7 @@ def _read_bytes(path: Path) -> bytes:
     if path.is_file():
         return path.read_bytes()
     chunks = []
-    for dirpath, dirnames, filenames in sorted(os.walk(path)):
+    for dirpath, dirnames, filenames in os.walk(path):  # top-down: pruning dirnames skips hidden folders
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
@@ -461,9 +461,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", default="30m", choices=list(SIZES), help="model preset (default 30m)")
     p.add_argument("--recipe", default="quartet", choices=fp4compile.recipes())
     p.add_argument("--compare", default=None, help="comma-separated recipes trained one after another, e.g. bf16,quartet,quartet2")
-    p.add_argument("--data", default=None, help="text file or folder (recursive); default: Python's stdlib sources")
+    p.add_argument("--data", default=None, help="text file or folder (recursive); default: Python's stdlib sources (then site-packages if more is needed)")
     p.add_argument("--data-bytes", type=int, default=32 << 20,
-                   help="default corpus: read at most this many bytes of the stdlib's sources for training (one epoch of a long run)")
+                   help="default corpus: read at most this many bytes of Python sources for training (one epoch of a long run)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=256)
@@ -499,10 +499,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     data = load_data(args.data, args.data_bytes)
-    source = args.data or "Python stdlib sources"
+    source = args.data or "Python sources (stdlib, then site-packages)"
     main_rank = distributed()[0] == 0
     if main_rank:
         print(f"data: {source}: {data[0].numel() / 1e6:.2f}M training bytes, {data[1].numel() / 1e6:.2f}M validation bytes")
+        epochs = args.steps * args.batch * args.seq / data[0].numel()
+        if epochs > 1:
+            print(f"warning: {args.steps} steps x {args.batch} x {args.seq} bytes read the training text {epochs:.1f} times: "
+                  "the model may memorise it and its validation loss rise; pass more text (--data, --data-bytes) or fewer steps")
     summaries = []
     for recipe in args.recipes:
         torch._dynamo.reset()  # each recipe compiles afresh

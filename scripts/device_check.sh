@@ -52,10 +52,11 @@ case "${1:-tests}" in
     if [ -n "${TPP:-}" ]; then size_args="--tokens-per-param $TPP"; fi
     timeout $((${ACC_END:-590} - SECONDS)) python3 examples/bench_accuracy.py $size_args --batch 128 --parallel "${PARALLEL:-1}" --out /tmp/accuracy \
       --table "$OUT/accuracy.md" --plot "$OUT/accuracy.png" 2>&1 | grep -v -i warn | tee "$OUT/accuracy.log" | grep -v "it/s\]" | tail -30
-    for d in /tmp/accuracy/*/; do
-      mkdir -p "$OUT/accuracy_runs/$(basename "$d")" && cp "$d"metrics.* "$d"loss.png "$OUT/accuracy_runs/$(basename "$d")/" 2>/dev/null
-    done
-    for f in /tmp/accuracy/*.log; do tr '\r' '\n' < "$f" | grep -v "it/s\]" > "$OUT/accuracy_runs/$(basename "$f")"; done 2>/dev/null
+    mkdir -p "$OUT/accuracy_runs"
+    for d in /tmp/accuracy/*/; do cp "$d"metrics.json "$OUT/accuracy_runs/$(basename "$d")_metrics.json" 2>/dev/null; done
+    for f in /tmp/accuracy/*.log; do  # every 100th step line, evaluations, warnings, errors
+      tr '\r' '\n' < "$f" | grep -v "it/s\]" | grep -E "00/|eval|data|warn|rror" > "$OUT/accuracy_runs/$(basename "$f")"
+    done 2>/dev/null
     ;;
   train)
     timeout 570 python3 examples/bench_train.py "${@:2}" --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -20

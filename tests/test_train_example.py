@@ -174,3 +174,34 @@ def test_bench_accuracy_parallel_matches_sequential(tmp_path):
         assert len(a["losses"]) == len(b["losses"]) == 4 and a["losses"][0] == b["losses"][0], recipe
         assert a["losses"] == pytest.approx(b["losses"], rel=1e-6 if recipe == "bf16" else 1e-3), recipe
         assert (tmp_path / "par" / f"{recipe}.log").exists()
+
+
+def test_default_corpus_continues_into_site_packages_when_the_stdlib_is_short(tmp_path, monkeypatch):
+    """A slim interpreter's stdlib (~10 MB on the GPU machine) would be read many times over by a long run:
+    the default corpus then goes on into site-packages' sources, stdlib first, split by file name as before."""
+    import sysconfig
+
+    from examples.llama import stdlib_text
+
+    stdlib, site = tmp_path / "lib", tmp_path / "site"
+    (stdlib / "site-packages").mkdir(parents=True)
+    site.mkdir()
+    (stdlib / "a.py").write_bytes(b"A" * 100)
+    (stdlib / "site-packages" / "b.py").write_bytes(b"X" * 100)  # skipped under the stdlib: read as site-packages
+    (site / "c.py").write_bytes(b"C" * 300)
+    (site / "notes.txt").write_bytes(b"T" * 300)  # not a .py file
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(stdlib), "purelib": str(site), "platlib": str(site)})
+    assert bytes(stdlib_text(50).to(torch.uint8).tolist()) == b"A" * 50  # enough in the stdlib: nothing else read
+    assert bytes(stdlib_text(1000).to(torch.uint8).tolist()) == b"A" * 100 + b"C" * 300  # each root once, in order
+
+
+def test_data_folder_skips_hidden_folders(tmp_path):
+    """``--data FOLDER`` reads every text file below it, sorted, and none under a hidden folder (e.g. .git)."""
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "objects.txt").write_bytes(b"G" * 5000)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "two.txt").write_bytes(b"2" * 5000)
+    (tmp_path / "a.txt").write_bytes(b"1" * 5000)
+    (tmp_path / "blob.bin").write_bytes(b"\0" * 100)
+    train_data, val = train.load_data(str(tmp_path))
+    assert bytes(torch.cat([train_data, val]).to(torch.uint8).tolist()) == b"1" * 5000 + b"2" * 5000

@@ -87,7 +87,7 @@ def test_rotation_matrices_formed_on_the_device_equal_the_reference():
     from fp4compile.seeds import DeviceSeed, sub_seed
 
     dev = torch.device(DEV)
-    for size, value in zip((16, 32, 128), torch.randint(0, 2**62, (3,)).tolist()):
+    for size, value in zip((16, 32, 128), torch.randint(0, 2**62, (3,)).tolist(), strict=True):
         rot = parse_rotation(f"random_hadamard-{size}")
         base = DeviceSeed(torch.tensor([value], dtype=torch.int64, device=dev))
         seed = sub_seed(base, "rotation", "backward")
