@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"accuracy benchmark: {args.size} ({params / 1e6:.1f}M parameters), {steps} steps x {args.batch} x {args.seq} bytes "
           f"= {steps * args.batch * args.seq / params:.1f} tokens per parameter")
     common = (["--size", args.size, "--steps", str(steps), "--batch", str(args.batch), "--seq", str(args.seq),
-               "--eval-every", str(max(1, steps // 4)), "--eval-batches", "32", "--seed", str(args.seed),
+               "--eval-every", str(-(-steps // 4)), "--eval-batches", "32", "--seed", str(args.seed),
                "--data-bytes", str(max(32 << 20, steps * args.batch * args.seq))]  # the corpus read once: stdlib, then site-packages sources
               + (["--cudagraphs"] if args.cudagraphs else []))
     if args.parallel > 1:
