@@ -93,9 +93,13 @@ def profile_step(step, label: str, steps: int = 5, top: int = 25, host: int = 0)
         for e in cpu:
             print(f"| {e.key[:100]} | {e.count / steps:g} | {e.self_cpu_time_total / 1e3 / steps:.3f} |")
         _host_profile(step, steps, host)
-    rows = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:top]
-    print("| kernel | calls/step | ms/step |\n|---|---|---|")
-    for name, times in rows:
+    print_top_kernels(kernels, steps, top)
+
+
+def print_top_kernels(kernels: dict[str, list[float]], steps: int, top: int) -> None:
+    """The ``top`` CUDA kernels by total time: ``kernels`` maps a name to its launches' device times (us) over ``steps``."""
+    print("| kernel | calls/step | ms/step |\n|---|---:|---:|")
+    for name, times in sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:top]:
         print(f"| {name[:110]} | {len(times) / steps:g} | {sum(times) / 1e3 / steps:.3f} |")
 
 

@@ -24,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from examples import train
+from examples.profile_linear import print_top_kernels
 
 # kernel name fragment -> kind (first match wins; checked in this order)
 KINDS = [
@@ -58,27 +59,26 @@ def build_step(size: str, recipe: str, batch: int, seq: int, cudagraphs: bool):
     return step
 
 
-def kernel_table(step, steps: int, top: int) -> tuple[float, list[tuple[str, float, float]]]:
+def kernel_table(step, steps: int, top: int) -> float:
+    """Profile ``steps`` host-launched steps; print their kernels grouped by kind and the top ones; GPU ms per step."""
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
-    kernels: dict[str, list[float]] = defaultdict(list)
+    kernels: dict[str, list[float]] = defaultdict(list)  # name -> each launch's device time (us)
     for ev in prof.events():
         if ev.device_type == torch.autograd.DeviceType.CUDA:
-            kernels[ev.name].append(ev.device_time_total / 1e3 / steps)
-    by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+            kernels[ev.name].append(ev.device_time_total)
+    by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # kind -> [launches per step, ms per step]
     for name, times in kernels.items():
         k = by_kind[kind_of(name)]
         k[0] += len(times) / steps
-        k[1] += sum(times)
+        k[1] += sum(times) / 1e3 / steps
     total = sum(v[1] for v in by_kind.values())
     print("| kind | kernels/step | ms/step | share |\n|---|---:|---:|---:|")
     for kind, (n, ms) in sorted(by_kind.items(), key=lambda kv: -kv[1][1]):
         print(f"| {kind} | {n:g} | {ms:.3f} | {ms / total:.0%} |")
-    print("| kernel | calls/step | ms/step |\n|---|---:|---:|")
-    for name, times in sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:top]:
-        print(f"| {name[:110]} | {len(times) / steps:g} | {sum(times):.3f} |")
+    print_top_kernels(kernels, steps, top)
     return total
 
 
