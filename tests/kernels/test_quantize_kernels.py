@@ -4,7 +4,7 @@ on the GPU when there is one, else on the CPU under TRITON_INTERPRET=1 at small 
 * Deterministic rules (mxfp4_rtn, mxfp4_quest with Hadamard-32 and its trust mask, mxfp4_tseng_rtn with a
   random Hadamard-32, nvfp4_rtn, nvfp4_4over6, nvfp4_rtn_16x16): codes, scales, tensor scale and mask are bit-exact, on
   odd row counts, transposed reads (X^T along T without a transpose copy), zero-padded lengths, and
-  tensors with NaN/Inf, all-zero groups and 1e-30 / 1e30 magnitudes. (With a rotation the GPU's tensor-
+  tensors with NaN/Inf, all-zero and all-negative-zero groups and 1e-30 / 1e30 magnitudes. (With a rotation the GPU's tensor-
   core sums may differ from the CPU's in the last bit; on the GPU we then require >= 99.9% equal codes, scales and mask bits
   and tensor-scale differences in the last bit only.)
 * Re-quantization from packed FP4 (dequantize, transpose, rotate, quantize) equals the reference's
@@ -81,6 +81,7 @@ def _special(x: torch.Tensor) -> torch.Tensor:
     x[1, 5] = float("nan")
     x[2, 40] = float("inf")
     x[3, :64] = 0.0
+    x[3, 64:80] = -0.0  # a group of negative zeros: code 8 (the sign bit), as the reference's
     x[4] *= 1e-30
     x[5] *= 1e30
     return x
@@ -103,6 +104,24 @@ def test_deterministic_rules_bit_exact(name, rotation, layout):
     xin = torch.nn.functional.pad(x, (0, (-x.shape[1]) % 128)) if layout == "padded" else x
     ref = q.quantize(xin if rot is None else rot.apply(xin, 3), 0)
     _assert_same(kq, mask, ref, rotated=rot is not None)
+
+
+def test_division_by_a_shared_reciprocal_is_correctly_rounded():
+    """The NVFP4 rules divide each element by its group's scale as ``_div_by(x, d, RN(1/d))`` (one IEEE
+    division per group, an FMA correction per element): equal to IEEE float32 x / d for fresh random x over
+    80 binades and divisors with random and all-ones significands, signs of x from the caller (-0 -> +0)."""
+    from tests.kernels.division_kernel import divide_kernel
+
+    n = 1 << 16
+    x = torch.randn(n) * torch.exp(torch.empty(n).uniform_(-25, 25))
+    d = torch.exp(torch.empty(n).uniform_(-20, 20))
+    d[::2] = (d[::2].view(torch.int32) | 0x007FFFFF).view(torch.float32)  # significand 1.11...1: the hardest reciprocals
+    out = torch.empty(n, device=DEV)
+    divide_kernel[(n // 1024,)](x.to(DEV), d.to(DEV), out, BLOCK=1024)
+    want = x / d
+    normal = want.abs() >= torch.finfo(torch.float32).tiny  # subnormal quotients round to code 0 either way
+    assert normal.float().mean() > 0.99
+    assert torch.equal(out.cpu()[normal], want[normal])
 
 
 def test_rtn_ties_and_neighbours_bit_exact():
