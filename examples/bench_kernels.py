@@ -52,15 +52,28 @@ def _case(case: tuple, x: torch.Tensor, **tile) -> tuple[functools.partial, int]
 
 
 SWEEP_TILES = [Tile(r, k, w) for r, k, w in ((8, 128, 2), (8, 128, 4), (16, 128, 2), (16, 128, 4), (32, 128, 4), (32, 128, 8),
-                                                (64, 128, 4), (64, 128, 8), (32, 64, 4), (64, 64, 4), (64, 64, 8))]
+                                                (64, 128, 4), (64, 128, 8), (64, 128, 16), (32, 64, 4), (64, 64, 4), (64, 64, 8), (64, 64, 16))]
 
 
-def _sweep(x: torch.Tensor, rounds: int) -> None:
-    """Every case under every tile of SWEEP_TILES, timed in interleaved rounds (medians): the default against the fastest."""
+def parse_tiles(spec: str) -> list[Tile]:
+    """``"64x128x4,16x128x4"`` (rows x K x warps, comma-separated) -> tiles, each checked."""
+    tiles = []
+    for item in filter(None, spec.split(",")):
+        parts = item.split("x")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise SystemExit(f"--tiles: {item!r} is not ROWSxKxWARPS (e.g. 64x128x4)")
+        tile = Tile(*map(int, parts))
+        tile.check()
+        tiles.append(tile)
+    return tiles
+
+
+def _sweep(x: torch.Tensor, rounds: int, cases: list[tuple], tiles: list[Tile]) -> None:
+    """Every case under every tile, timed in interleaved rounds (medians): the default against the fastest."""
     print("| kernel | default tile | default (ms) | fastest tile | fastest (ms) | all (rows x K / warps: ms) |\n|---|---|---|---|---|---|")
-    for case in CASES:
+    for case in cases:
         fns = {"default": _case(case, x)[0]}
-        for tile in SWEEP_TILES:
+        for tile in tiles:
             fn = _case(case, x, tile=tile)[0]
             try:
                 fn()
@@ -84,14 +97,21 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=16384)
     p.add_argument("--cols", type=int, default=4096)
     p.add_argument("--sweep", action="store_true", help="also time every kernel under every tile size and warp count")
+    p.add_argument("--only", default="", help="comma-separated substrings: time only the kernels whose label holds one (e.g. quartet2,nvidia)")
+    p.add_argument("--tiles", default="", help="the sweep's tiles as ROWSxKxWARPS,... (default: a fixed list of 13)")
     p.add_argument("--repeat", type=int, default=3,
                    help="time every kernel and the copy this many times, interleaved, and report the medians (the GPU's timings drift)")
     p.add_argument("--once", action="store_true",
                    help="run each case once between cudaProfilerStart/Stop, no timing (for `ncu --profile-from-start off`)")
     args = p.parse_args()
+    tiles = parse_tiles(args.tiles) or SWEEP_TILES
+    wanted = [w for w in args.only.split(",") if w]
+    cases = [c for c in CASES if not wanted or any(w in c[0] for w in wanted)]
+    if not cases:
+        raise SystemExit(f"--only {args.only!r} matches no kernel; labels: {[c[0] for c in CASES]}")
     x = torch.randn(args.rows, args.cols, device="cuda", dtype=torch.bfloat16)
     timed = []  # (label, fn, bytes moved)
-    for case in CASES:
+    for case in cases:
         label = case[0]
         fn, bytes_in = _case(case, x)
         values, packed, mask = fn()
@@ -120,7 +140,7 @@ def main() -> None:
             bw = nbytes / med[i] / 1e9
             print(f"| {label} | {med[i]:.3f} | {min(r[i] for r in runs):.3f}-{max(r[i] for r in runs):.3f} | {bw:.2f} | {bw / copy_bw:.0%} |")
     if args.sweep:
-        _sweep(x, args.repeat)
+        _sweep(x, args.repeat, cases, tiles)
 
 
 if __name__ == "__main__":

@@ -53,8 +53,10 @@ def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, pr
     tile = variant_tile(rule, g, transposed, as_launched=as_launched)
     constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=scaled, TRANS_LOAD=transposed,
                       HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed, VALUES=values,
-                      SCALES_IN=values == 1 and rule == 1, BLOCK_R=tile.block_r, BLOCK_K=tile.block_k)
-    types = {**_SOURCE_TYPES, "s32_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32", "mask_ptr": "*u8", "val_max": "fp32",
+                      SCALES_IN=values == 1 and rule == 1, WRITE_S32=write_packed or rule >= 10, BLOCK_R=tile.block_r, BLOCK_K=tile.block_k)
+    types = {**_SOURCE_TYPES, "amax_ptr": "*fp32", "s32_ptr": "*fp32", "alpha_out_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32",
+             "mask_ptr": "*u8", "val_max": "fp32", "ts_den": "fp32", "inv_val_max": "fp32",
+             "inv_ts_den": "fp32", "factor": "fp32",
              "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "rs_ptr": "*fp32", "count_ptr": "*i64", "seed_ptr": "*i64"}
     return _compile(quantize_kernel, constexprs, types, capability, as_launched=as_launched, num_warps=tile.num_warps), tile
 

@@ -45,6 +45,7 @@ NV_RTN, NV_4OVER6, NV_EDEN, NV_RTN16 = tl.constexpr(10), tl.constexpr(11), tl.co
 
 _NO_ROW_EXP = tl.constexpr(-1000)  # "no live group" marker of the row exponents (as kernels/fold.py)
 _SCALE_SALT = tl.constexpr(seeds.SCALE_SALT)  # the key of MS-EDEN's scale draws is seed ^ SCALE_SALT
+_INV6 = tl.constexpr(0.16666667163372040)  # RN_float32(1 / 6), for _div_by(v, 6.0, _INV6)
 _MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: (v + MAGIC) - MAGIC rounds |v| < 2^22 to the nearest integer, ties to even
 
 
@@ -347,17 +348,17 @@ def stats_kernel(
 def quantize_kernel(
     # input (any strides), times alpha_ptr[0] with SCALED (a saved FP4 tensor's BF16 block values)
     x_ptr, stride_r, stride_k, alpha_ptr,
-    # rotation, tensor scale (NVFP4), uniforms (optional), outputs
-    h_ptr, rot_scale, s32_ptr, u_ptr, us_ptr, codes_ptr, scales_ptr, mask_ptr,
+    # rotation; NVFP4: the pre-pass's amax in, tensor scale s32 and alpha = s32 * factor out (WRITE_S32); uniforms (optional), outputs
+    h_ptr, rot_scale, amax_ptr, s32_ptr, alpha_out_ptr, u_ptr, us_ptr, codes_ptr, scales_ptr, mask_ptr,
     # GEMM-ready values (VALUES = 1: folded FP8 bytes, row exponents in, row scales out, unfoldable count; 2: BF16)
     values_ptr, er_ptr, rs_ptr, count_ptr,
     # the seed: seed_ptr[0] ^ seed_salt, low 31 bits (a step's seed on the device; SR and EDEN's scale SR)
     R, K, K_OUT, seed_ptr, seed_salt,
-    # NVFP4 val_max for RTN / EDEN, correction group for EDEN
-    val_max,
+    # NVFP4: val_max for RTN / EDEN, scales_max * val_max (s32 = amax / it), their float32 reciprocals RN(1 / .), the factor
+    val_max, ts_den, inv_val_max, inv_ts_den, factor,
     RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
     SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, HAS_U: tl.constexpr, WRITE_MASK: tl.constexpr, CORR: tl.constexpr, WRITE_PACKED: tl.constexpr, VALUES: tl.constexpr,
-    SCALES_IN: tl.constexpr,
+    SCALES_IN: tl.constexpr, WRITE_S32: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
@@ -402,10 +403,11 @@ def quantize_kernel(
         if WRITE_MASK:
             trust = ((tl.abs(scaled2) < 6.0) & ~bad2).to(tl.int32)
     else:
-        s32 = tl.load(s32_ptr)
+        amax_t = tl.load(amax_ptr)
+        s32 = tl.where(amax_t > 0, _div_by(amax_t, ts_den, inv_ts_den), 1.0)  # the reference's tensor_scale (1 for an all-zero tensor)
         inv_s32 = _div(1.0, s32)  # per program: the group scales' divisions by s32 become _div_by's FMAs
         if RULE == NV_4OVER6:
-            v6, b6 = _e4m3_rn(_div_by(_div_by(amax, 6.0, _div(1.0, 6.0)), s32, inv_s32))
+            v6, b6 = _e4m3_rn(_div_by(_div_by(amax, 6.0, _INV6), s32, inv_s32))
             v6 = tl.where(bad, float("nan"), tl.where(b6 == 0, 1.0, v6))
             b6 = tl.where(b6 == 0, 0x38, b6)
             v4, b4 = _e4m3_rn(_div_by(amax * 0.25, s32, inv_s32))  # amax / 4 exactly (a power of two)
@@ -425,7 +427,7 @@ def quantize_kernel(
             cmag = tl.reshape(tl.where(pick4[:, :, None], c4, c6), (BLOCK_R, BLOCK_K))
             q = tl.reshape(tl.where(pick4[:, :, None], q4, q6), (BLOCK_R, BLOCK_K))
         else:
-            vs, bs = _e4m3_rn(_div_by(_div_by(amax, val_max, _div(1.0, val_max)), s32, inv_s32))
+            vs, bs = _e4m3_rn(_div_by(_div_by(amax, val_max, inv_val_max), s32, inv_s32))
             vs = tl.where(bad, float("nan"), tl.where(bs == 0, 1.0, vs))
             bs = tl.where(bs == 0, 0x38, bs)
             byte = bs.to(tl.int32)
@@ -465,6 +467,13 @@ def quantize_kernel(
         codes = _signed_codes(cmag, scaled2, bad2)
 
     row_ok = rows[:, None] < R
+    if WRITE_S32:  # one program writes the tensor scale and alpha (MXFP4: 1 and no alpha: the factor stays on the host)
+        if (pid_r == 0) & (pid_k == 0):
+            if RULE == MX_OCP or RULE == MX_TSENG or RULE == MX_QUEST:
+                tl.store(s32_ptr, 1.0)
+            else:
+                tl.store(s32_ptr, s32)
+                tl.store(alpha_out_ptr, s32 * factor)
     # --- GEMM-ready values [R, K_OUT] (hopper.md): the same numbers as the packed form, in what the tensor cores take
     if VALUES == 1:  # MXFP4 folded into FP8: q * 2^(e_g - E_r + 6), row scale 2^(E_r - 6) (twin: hopper_gemm.fold_mxfp4_fp8)
         e_r = tl.load(er_ptr + rows, mask=rows < R, other=_NO_ROW_EXP)
@@ -559,6 +568,21 @@ class KernelRule:
     val_max: float = 6.0
     scales_max: float = 448.0
     mask: bool = False
+
+    @property
+    def inv_val_max(self) -> float:
+        """RN_float32(1 / float32(val_max)): the kernel divides by val_max as ``_div_by(v, val_max, this)``."""
+        return float32_reciprocal(self.val_max)
+
+    @property
+    def inv_ts_den(self) -> float:
+        """RN_float32(1 / float32(scales_max * val_max)), for the tensor scale amax / (scales_max * val_max)."""
+        return float32_reciprocal(self.scales_max * self.val_max)
+
+
+def float32_reciprocal(value: float) -> float:
+    """RN(1 / v) in float32 for v rounded to float32 (IEEE division on the host's float32 tensors)."""
+    return float(torch.ones((), dtype=torch.float32) / torch.tensor(value, dtype=torch.float32))
 
 
 RULES: dict[str, KernelRule] = {
@@ -669,11 +693,6 @@ def host_factor(factor: float) -> torch.Tensor:
 def placeholder(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A cached 1-element tensor for a pointer argument the kernel does not touch in this specialisation."""
     return persistent.cached(("placeholder", dtype), device, lambda: torch.empty(1, dtype=dtype, device=device))
-
-
-def device_constant(value: float, device: torch.device) -> torch.Tensor:
-    """A cached float32 one-element tensor on ``device`` (no host-to-device copy per call)."""
-    return persistent.cached(("float32", value), device, lambda: torch.tensor([value], dtype=torch.float32, device=device))
 
 
 def kernel_seed(seed: Seed, device: torch.device) -> tuple[torch.Tensor, int]:
@@ -813,16 +832,16 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
                   BLOCK_R=block_r, BLOCK_K=block_k, num_warps=num_warps)
     source = (dense, stride_r, stride_k, alpha_src, h, rot_scale)
     is_nv = quantizer.scale_format is ScaleFormat.E4M3
-    if is_nv:  # pre-pass: the tensor scale from the (rotated) amax
+    amax = placeholder(torch.float32, device)  # MXFP4 rules never read it
+    if is_nv:  # pre-pass: the (rotated) amax, from which the quantize kernel forms the tensor scale
         amax = torch.zeros(1, device=device, dtype=torch.float32)
         stats_kernel[grid](*source, amax, placeholder(torch.uint8, device), r, k, k_out, ROW_EXP=False, WRITE_SCALES=False,
                            RULE=rule.rule, GROUP=group, **common, **_NO_FMA)
-        s32 = amax / device_constant(rule.scales_max * rule.val_max, device)  # true division, as the reference
-        s32 = torch.where(amax > 0, s32, torch.ones_like(s32))
-    elif keep_packed:
-        s32 = torch.ones(1, device=device, dtype=torch.float32)  # its own tensor: it becomes an op output
-    else:
-        s32 = placeholder(torch.float32, device)  # MXFP4 rules never read it
+    # the tensor scale (NVFP4; MXFP4's is 1, written only where the packed form keeps it) and NVFP4's alpha, each its own
+    # tensor (they become op outputs), written by the kernel: no small torch ops per quantization
+    write_s32 = is_nv or keep_packed
+    s32 = torch.empty(1, device=device, dtype=torch.float32) if write_s32 else placeholder(torch.float32, device)
+    alpha_out = torch.empty((), device=device, dtype=torch.float32) if is_nv else placeholder(torch.float32, device)
     empty8 = placeholder(torch.uint8, device)  # outputs this launch does not write (never returned)
     values = VALUE_FORMS.get(form, 0)
     e_r = row_scale = count = empty8
@@ -844,15 +863,15 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     u_scale = u_scale.to(device).contiguous() if u_scale is not None else placeholder(torch.float32, device)
     seed_ptr, seed_salt = kernel_seed(seed, device)
     quantize_kernel[grid](
-        *source, s32, u_elem, u_scale, codes, scales, mask,
+        *source, amax, s32, alpha_out, u_elem, u_scale, codes, scales, mask,
         out_values, e_r, row_scale, count,
-        r, k, k_out, seed_ptr, seed_salt, rule.val_max,
+        r, k, k_out, seed_ptr, seed_salt, rule.val_max, rule.scales_max * rule.val_max, rule.inv_val_max, rule.inv_ts_den, quantizer.factor,
         RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
-        WRITE_PACKED=keep_packed, VALUES=values, SCALES_IN=scales_in, **common, **_NO_FMA,
+        WRITE_PACKED=keep_packed, VALUES=values, SCALES_IN=scales_in, WRITE_S32=write_s32, **common, **_NO_FMA,
     )
-    # alpha = tensor scale * factor, formed as the reference forms it (float32); MXFP4's tensor scale is 1, so
-    # its alpha is the factor alone, kept on the host (a 0-dim CPU tensor: no kernel, no copy)
-    alpha = s32.reshape(()) * quantizer.factor if is_nv else host_factor(quantizer.factor)
+    # alpha = tensor scale * factor in float32, as the reference forms it (the kernel wrote NVFP4's); MXFP4's tensor
+    # scale is 1, so its alpha is the factor alone, kept on the host (a 0-dim CPU tensor: no kernel, no copy)
+    alpha = alpha_out if is_nv else host_factor(quantizer.factor)
     q = QuantizedTensor(codes, scales, quantizer.scale_format, group, s32.reshape(()), quantizer.factor) if keep_packed else None
     gemm = None
     if values == 1:

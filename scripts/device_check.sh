@@ -18,8 +18,8 @@
 #   bash scripts/device_check.sh gemm    # row-wise vs 1x128 block-scaled FP8 GEMMs (bench_gemm_scaling.py), ncu of the quantize kernels
 #   bash scripts/device_check.sh tiles   # kernel tests, bench_kernels --sweep (every tile, 3 rounds), bench_linear --cudagraphs (RECIPES)
 #   bash scripts/device_check.sh graphs  # GPU tests, host/GPU profile with and without CUDA graphs, the linear table with them
-#   bash scripts/device_check.sh step    # GPU tests named in TESTS (if any), kernel bandwidth, where a small model's training step
-#                                        # goes (profile_train.py; SIZE, RECIPES)
+#   bash scripts/device_check.sh step    # GPU tests named in TESTS (if any), kernel bandwidth, tile sweeps (SWEEPS='ARGS|ARGS'), where a
+#                                        # small model's training step goes (profile_train.py; SIZE, RECIPES, PROFILE_ARGS)
 # torchao travels as a wheel in .whl/ (carry it). Logs land in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/fp4compile_device}
@@ -144,6 +144,10 @@ case "${1:-tests}" in
       python3 -m pytest -q -p no:cacheprovider -rs $TESTS 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -6
     fi
     timeout 90 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
+    IFS='|' read -ra sweeps <<< "${SWEEPS:-}"  # tile sweeps, '|'-separated bench_kernels arguments (e.g. --only quartet2 --tiles 64x128x4,64x128x16)
+    for a in "${sweeps[@]}"; do
+      timeout ${SWEEP_S:-200} python3 examples/bench_kernels.py --sweep $a 2>&1 | tee -a "$OUT/bench_kernels_sweep.log"
+    done
     timeout ${PROFILE_S:-330} python3 examples/profile_train.py --size ${SIZE:-20m} --recipes ${RECIPES:-bf16,quartet,quartet2} ${PROFILE_ARGS:-} 2>&1 \
       | grep -v -i warn | tee "$OUT/profile_train.log"
     ;;

@@ -229,7 +229,7 @@ def test_results_do_not_depend_on_the_tile(name, rotation, layout, form):
     x = torch.randn(48, 256) * torch.logspace(-3, 3, 256)[torch.randperm(256)]  # six decades, shuffled: groups far below their row's maximum, anywhere
     src = (x.t().contiguous() if layout == "transposed" else x).to(DEV)
     runs = []
-    for tile in (None, Tile(16, 64, 2), Tile(32, 128, 4), Tile(64, 64, 4)):
+    for tile in (None, Tile(16, 64, 2), Tile(32, 128, 4), Tile(64, 64, 4), Tile(64, 128, 16)):
         values, packed, mask = quantize_for_gemm(src, q, m, 11, form=form, keep_packed=True, transpose=layout == "transposed", tile=tile)
         runs.append([t.cpu() for t in (values.values.view(torch.uint8) if form == "fp8" else values.values, packed.codes, packed.scales)]
                     + [t.cpu() for t in (values.row_scale, mask) if t is not None])
