@@ -56,12 +56,12 @@ SWEEP_TILES = [Tile(r, k, w) for r, k, w in ((8, 128, 2), (8, 128, 4), (16, 128,
 
 
 def parse_tiles(spec: str) -> list[Tile]:
-    """``"64x128x4,16x128x4"`` (rows x K x warps, comma-separated) -> tiles, each checked."""
+    """``"64x128x4,64x128x4x4"`` (rows x K x warps [x row blocks per program], comma-separated) -> tiles, each checked."""
     tiles = []
     for item in filter(None, spec.split(",")):
         parts = item.split("x")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
-            raise SystemExit(f"--tiles: {item!r} is not ROWSxKxWARPS (e.g. 64x128x4)")
+        if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts):
+            raise SystemExit(f"--tiles: {item!r} is not ROWSxKxWARPS[xITERS] (e.g. 64x128x4 or 64x128x4x4)")
         tile = Tile(*map(int, parts))
         tile.check()
         tiles.append(tile)
@@ -87,8 +87,8 @@ def _sweep(x: torch.Tensor, rounds: int, cases: list[tuple], tiles: list[Tile]) 
         src = case[3]
         rot = 0 if case[2] is None else parse_rotation(case[2]).size
         d = default_tile(rot, src != "dense")
-        cells = " ".join(f"{t.block_r}x{t.block_k}/{t.num_warps}: {med[t]:.3f}" for t in med if t != "default")
-        print(f"| {case[0]} | {d.block_r}x{d.block_k}/{d.num_warps} | {med['default']:.3f} | {best.block_r}x{best.block_k}/{best.num_warps} | "
+        cells = " ".join(f"{t.label()}: {med[t]:.3f}" for t in med if t != "default")
+        print(f"| {case[0]} | {d.label()} | {med['default']:.3f} | {best.label()} | "
               f"{med[best]:.3f} | {cells} |", flush=True)
 
 
@@ -98,7 +98,7 @@ def main() -> None:
     p.add_argument("--cols", type=int, default=4096)
     p.add_argument("--sweep", action="store_true", help="also time every kernel under every tile size and warp count")
     p.add_argument("--only", default="", help="comma-separated substrings: time only the kernels whose label holds one (e.g. quartet2,nvidia)")
-    p.add_argument("--tiles", default="", help="the sweep's tiles as ROWSxKxWARPS,... (default: a fixed list of 13)")
+    p.add_argument("--tiles", default="", help="the sweep's tiles as ROWSxKxWARPS[xITERS],... (default: a fixed list of 13)")
     p.add_argument("--repeat", type=int, default=3,
                    help="time every kernel and the copy this many times, interleaved, and report the medians (the GPU's timings drift)")
     p.add_argument("--once", action="store_true",

@@ -34,7 +34,7 @@ VARIANTS = [
 # (lowering/blackwell.py), so those variants compile for sm_9x only. (Triton 3.6's sm_100 pipeline also
 # rejects the rotated ones: TritonNvidiaGPUOptimizeTMemLayoutsPass, "parent layout must have at least rank >= 2".)
 HOPPER_ONLY_VALUES = 1
-_SOURCE_TYPES = {"x_ptr": "*bf16", "alpha_ptr": "*fp32", "codes_ptr": "*u8", "scales_ptr": "*u8", "h_ptr": "*fp32", "rot_scale": "fp32"}
+_SOURCE_TYPES = {"x_ptr": "*bf16", "alpha_ptr": "*fp32", "codes_ptr": "*u8", "scales_ptr": "*u8", "h_ptr": "*bf16", "rot_scale": "fp32"}
 
 
 def variant_tile(rule: int, g: int, transposed: bool, *, as_launched: bool):
@@ -53,7 +53,8 @@ def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, pr
     tile = variant_tile(rule, g, transposed, as_launched=as_launched)
     constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=scaled, TRANS_LOAD=transposed,
                       HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed, VALUES=values,
-                      SCALES_IN=values == 1 and rule == 1, WRITE_S32=write_packed or rule >= 10, BLOCK_R=tile.block_r, BLOCK_K=tile.block_k)
+                      SCALES_IN=values == 1 and rule == 1, WRITE_S32=write_packed or rule >= 10, BLOCK_R=tile.block_r, BLOCK_K=tile.block_k,
+                      ROW_ITERS=tile.row_iters)
     types = {**_SOURCE_TYPES, "amax_ptr": "*fp32", "s32_ptr": "*fp32", "alpha_out_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32",
              "mask_ptr": "*u8", "val_max": "fp32", "ts_den": "fp32", "inv_val_max": "fp32",
              "inv_ts_den": "fp32", "factor": "fp32",
@@ -70,7 +71,7 @@ def compile_stats_kernels(capability: int, *, as_launched: bool = False):
                                                ("stats: tensor amax (RHT128)", False, 12, 16, 128, "*fp32")):
         tile = variant_tile(rule, g, False, as_launched=as_launched)
         constexprs = dict(ROW_EXP=row_exp, WRITE_SCALES=row_exp and rule == 1, RULE=rule, GROUP=group, SCALED=False, TRANS_LOAD=False,
-                          G=g, PRECISION="bf16", BLOCK_R=tile.block_r, BLOCK_K=tile.block_k)
+                          G=g, PRECISION="bf16", BLOCK_R=tile.block_r, BLOCK_K=tile.block_k, ROW_ITERS=tile.row_iters)
         yield name, _compile(stats_kernel, constexprs, {**_SOURCE_TYPES, "out_ptr": out, "scales_ptr": "*u8"}, capability,
                              as_launched=as_launched, num_warps=tile.num_warps), tile
 
@@ -103,7 +104,7 @@ def compile_fold_kernels(capability: int):
     jobs = [(fold_kernel, dict(BLOCK_M=32, BLOCK_K=256, GROUP=32), {"out_ptr": "*u8", "er_ptr": "*i32", "count_ptr": "*i32"}),
             (bf16_values_kernel, dict(E8M0=False, BLOCK_M=32, BLOCK_K=256, GROUP=16), {"out_ptr": "*bf16"}),
             (epilogue_kernel, dict(HAS_ALPHA=True, HAS_MASK=True, G=32, PRECISION="tf32x3", BLOCK_R=32, BLOCK_K=128),
-             {"g_ptr": "*fp32", "alpha_ptr": "*fp32", "mask_ptr": "*u8", "h_ptr": "*fp32", "rot_scale": "fp32", "out_ptr": "*bf16"})]
+             {"g_ptr": "*fp32", "alpha_ptr": "*fp32", "mask_ptr": "*u8", "h_ptr": "*bf16", "rot_scale": "fp32", "out_ptr": "*bf16"})]
     for kernel, constexprs, types in jobs:
         types = {"codes_ptr": "*u8", "scales_ptr": "*u8", **types}
         yield kernel.fn.__name__, _compile(kernel, constexprs, types, capability)

@@ -19,7 +19,16 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4compile.kernels.rotate_quantize import _NO_FMA, PreparedRotation, _precision, _rotate, device_rotation, placeholder, rotation_size
+from fp4compile.kernels.rotate_quantize import (
+    _NO_FMA,
+    PreparedRotation,
+    _precision,
+    _rotate,
+    _rotation_matrix,
+    device_rotation,
+    placeholder,
+    rotation_size,
+)
 
 
 @triton.jit
@@ -39,7 +48,7 @@ def epilogue_kernel(g_ptr, alpha_ptr, mask_ptr, h_ptr, rot_scale, out_ptr, R, K,
         bits = (mb.to(tl.int32)[:, :, None] >> tl.arange(0, 8)[None, None, :]) & 1  # bit i of byte j: element 8j + i
         g = tl.reshape(tl.reshape(g, (BLOCK_R, BLOCK_K // 8, 8)) * bits.to(tl.float32), (BLOCK_R, BLOCK_K))
     if G > 0:
-        g = _rotate(g, h_ptr, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
+        g = _rotate(g, _rotation_matrix(h_ptr, G, PRECISION), rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
     tl.store(out_ptr + rows[:, None] * K + ks[None, :], g.to(out_ptr.dtype.element_ty), mask=ok)
 
 

@@ -261,26 +261,42 @@ def _group_stats(x, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.cons
 
 
 @triton.jit
-def _rotate(x, h_ptr, rot_scale, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr):
-    """x [BLOCK_R, BLOCK_K] -> x @ blockdiag(M) along the last axis.
+def _rotation_matrix(h_ptr, G: tl.constexpr, PRECISION: tl.constexpr):
+    """M / rot_scale [G, G] from h_ptr (bf16, entries exactly +-1) in the dot's input type; a scalar when G = 0 (unused).
 
-    h_ptr holds M / rot_scale (entries exactly +-1, so exact in bf16); the product is scaled by rot_scale
-    (= the reference's float32 1/sqrt(G)) after the FP32 accumulation.
+    Loaded once per program: Hadamard-128's is 32 KB from L2, twice a 64 x 128 bf16 input tile's bytes, so
+    programs that loop over several row blocks (ROW_ITERS) read it once for all of them.
     """
-    offs = tl.arange(0, G)
-    m = tl.load(h_ptr + offs[:, None] * G + offs[None, :])
+    if G > 0:
+        offs = tl.arange(0, G)
+        m = tl.load(h_ptr + offs[:, None] * G + offs[None, :])
+        if PRECISION == "bf16":
+            m = m.to(tl.bfloat16)
+        else:
+            m = m.to(tl.float32)
+    else:
+        m = tl.load(h_ptr).to(tl.float32)
+    return m
+
+
+@triton.jit
+def _rotate(x, m, rot_scale, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr):
+    """x [BLOCK_R, BLOCK_K] -> x @ blockdiag(M) along the last axis, for m = M / rot_scale from ``_rotation_matrix``.
+
+    The product is scaled by rot_scale (= the reference's float32 1/sqrt(G)) after the FP32 accumulation.
+    """
     blocks = tl.reshape(x, (BLOCK_R * (BLOCK_K // G), G))
     if PRECISION == "bf16":
-        out = tl.dot(blocks.to(tl.bfloat16), m.to(tl.bfloat16), out_dtype=tl.float32)
+        out = tl.dot(blocks.to(tl.bfloat16), m, out_dtype=tl.float32)
     else:
         out = tl.dot(blocks, m, input_precision=PRECISION, out_dtype=tl.float32)
     return tl.reshape(out * rot_scale, (BLOCK_R, BLOCK_K))
 
 
 @triton.jit
-def _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, h_ptr, rot_scale, G: tl.constexpr, PRECISION: tl.constexpr,
+def _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, m, rot_scale, G: tl.constexpr, PRECISION: tl.constexpr,
                SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The [BLOCK_R, BLOCK_K] input tile as float32, rotated along K (G > 0), times alpha_ptr[0] with SCALED; zero outside [R, K].
+    """The [BLOCK_R, BLOCK_K] input tile as float32, rotated along K by m (G > 0), times alpha_ptr[0] with SCALED; zero outside [R, K].
 
     Element (r, k) is at x_ptr + r*stride_r + k*stride_k. When r is the contiguous axis (TRANS_LOAD: X^T
     along T read from X) the tile is loaded in memory order as [BLOCK_K, BLOCK_R], so the loads are
@@ -301,7 +317,7 @@ def _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, h_ptr, rot_
         k2 = ks[None, :]
         x = tl.load(x_ptr + r2 * stride_r + k2 * stride_k, mask=(r2 < R) & (k2 < K), other=0.0).to(tl.float32)
     if G > 0:
-        x = _rotate(x, h_ptr, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
+        x = _rotate(x, m, rot_scale, BLOCK_R, BLOCK_K, G, PRECISION)
     if SCALED:
         x = x * tl.load(alpha_ptr)
     return x
@@ -311,7 +327,7 @@ def _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, h_ptr, rot_
 def stats_kernel(
     x_ptr, stride_r, stride_k, alpha_ptr, h_ptr, rot_scale, out_ptr, scales_ptr, R, K, K_OUT,
     ROW_EXP: tl.constexpr, WRITE_SCALES: tl.constexpr, RULE: tl.constexpr, GROUP: tl.constexpr, SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr,
-    G: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    G: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ROW_ITERS: tl.constexpr,
 ):
     """The pre-pass over the (rotated) input that the quantize kernel needs before it can write.
 
@@ -324,24 +340,28 @@ def stats_kernel(
     """
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    m = _rotation_matrix(h_ptr, G, PRECISION)
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, h_ptr, rot_scale, G, PRECISION, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
-    if ROW_EXP:
-        xg, amax, bad = _group_stats(x, BLOCK_R, BLOCK_K, GROUP)
-        e = _mx_exponent(xg, amax, RULE, GROUP)
-        live = ~bad & (e > -127)
-        tl.atomic_max(out_ptr + rows, tl.max(tl.where(live, e, _NO_ROW_EXP), axis=1), mask=rows < R)
-        if WRITE_SCALES:
-            NG: tl.constexpr = BLOCK_K // GROUP
-            gc = pid_k * NG + tl.arange(0, NG)
-            tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], tl.where(bad, 255, e + 127).to(tl.uint8), mask=rows[:, None] < R)
-    else:
-        a = tl.abs(x)
-        finite = a < float("inf")  # False for Inf and NaN
-        m = tl.max(tl.max(tl.where(finite, a, 0.0), axis=1), axis=0)
-        if m > tl.load(out_ptr):  # the running maximum only grows: a program below the value read has nothing to add
-            tl.atomic_max(out_ptr, m)
+    amax_run = 0.0  # NVFP4: this program's largest finite |x|
+    for it in range(ROW_ITERS):  # row blocks pid_r * ROW_ITERS + it, sharing the rotation matrix
+        rows = (pid_r * ROW_ITERS + it) * BLOCK_R + tl.arange(0, BLOCK_R)
+        x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, m, rot_scale, G, PRECISION, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
+        if ROW_EXP:
+            xg, amax, bad = _group_stats(x, BLOCK_R, BLOCK_K, GROUP)
+            e = _mx_exponent(xg, amax, RULE, GROUP)
+            live = ~bad & (e > -127)
+            tl.atomic_max(out_ptr + rows, tl.max(tl.where(live, e, _NO_ROW_EXP), axis=1), mask=rows < R)
+            if WRITE_SCALES:
+                NG: tl.constexpr = BLOCK_K // GROUP
+                gc = pid_k * NG + tl.arange(0, NG)
+                tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], tl.where(bad, 255, e + 127).to(tl.uint8), mask=rows[:, None] < R)
+        else:
+            a = tl.abs(x)
+            finite = a < float("inf")  # False for Inf and NaN
+            amax_run = tl.maximum(amax_run, tl.max(tl.max(tl.where(finite, a, 0.0), axis=1), axis=0))
+    if not ROW_EXP:
+        if amax_run > tl.load(out_ptr):  # the running maximum only grows: a program below the value read has nothing to add
+            tl.atomic_max(out_ptr, amax_run)
 
 
 @triton.jit
@@ -359,164 +379,167 @@ def quantize_kernel(
     RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
     SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, HAS_U: tl.constexpr, WRITE_MASK: tl.constexpr, CORR: tl.constexpr, WRITE_PACKED: tl.constexpr, VALUES: tl.constexpr,
     SCALES_IN: tl.constexpr, WRITE_S32: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ROW_ITERS: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     seed = (tl.load(seed_ptr) & 0x7FFFFFFF) ^ seed_salt
-    x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, h_ptr, rot_scale, G, PRECISION, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
-    NG: tl.constexpr = BLOCK_K // GROUP
-    xg, amax, bad = _group_stats(x, BLOCK_R, BLOCK_K, GROUP)  # [BLOCK_R, NG, GROUP], [BLOCK_R, NG] x2
-    if RULE == NV_RTN16:  # one scale per 16x16 tile: reduce over the tile's 16 rows (tiles align with BLOCK_R)
-        t_amax = tl.max(tl.reshape(amax, (BLOCK_R // 16, 16, NG)), axis=1)
-        amax = tl.reshape(tl.broadcast_to(t_amax[:, None, :], (BLOCK_R // 16, 16, NG)), (BLOCK_R, NG))
-        t_bad = tl.max(tl.reshape(bad.to(tl.int32), (BLOCK_R // 16, 16, NG)), axis=1)
-        bad = tl.reshape(tl.broadcast_to(t_bad[:, None, :], (BLOCK_R // 16, 16, NG)), (BLOCK_R, NG)) > 0
-    r2 = rows[:, None]
-    k2 = ks[None, :]
-    elem = r2 * K_OUT + k2  # counter for the uniforms of element (r, k)
-    # per-group quantities reach the elements by broadcast + reshape; every elementwise operand below is 2-D
-    bad2 = tl.reshape(tl.broadcast_to(bad[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
+    m = _rotation_matrix(h_ptr, G, PRECISION)
+    for it in range(ROW_ITERS):  # row blocks pid_r * ROW_ITERS + it, sharing the rotation matrix
+        row_block = pid_r * ROW_ITERS + it
+        rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
+        x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, m, rot_scale, G, PRECISION, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
+        NG: tl.constexpr = BLOCK_K // GROUP
+        xg, amax, bad = _group_stats(x, BLOCK_R, BLOCK_K, GROUP)  # [BLOCK_R, NG, GROUP], [BLOCK_R, NG] x2
+        if RULE == NV_RTN16:  # one scale per 16x16 tile: reduce over the tile's 16 rows (tiles align with BLOCK_R)
+            t_amax = tl.max(tl.reshape(amax, (BLOCK_R // 16, 16, NG)), axis=1)
+            amax = tl.reshape(tl.broadcast_to(t_amax[:, None, :], (BLOCK_R // 16, 16, NG)), (BLOCK_R, NG))
+            t_bad = tl.max(tl.reshape(bad.to(tl.int32), (BLOCK_R // 16, 16, NG)), axis=1)
+            bad = tl.reshape(tl.broadcast_to(t_bad[:, None, :], (BLOCK_R // 16, 16, NG)), (BLOCK_R, NG)) > 0
+        r2 = rows[:, None]
+        k2 = ks[None, :]
+        elem = r2 * K_OUT + k2  # counter for the uniforms of element (r, k)
+        # per-group quantities reach the elements by broadcast + reshape; every elementwise operand below is 2-D
+        bad2 = tl.reshape(tl.broadcast_to(bad[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
 
-    if RULE == MX_OCP or RULE == MX_TSENG or RULE == MX_QUEST:
-        if SCALES_IN:  # the pre-pass wrote the E8M0 bytes (255 for Inf/NaN groups, whose codes are overridden)
-            gs = pid_k * NG + tl.arange(0, NG)
-            e = tl.load(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gs[None, :], mask=rows[:, None] < R, other=0).to(tl.int32) - 127
-        else:
-            e = _mx_exponent(xg, amax, RULE, GROUP)
-        byte = tl.where(bad, 255, e + 127)
-        # x / 2^e as x * 2^-e (a power of two too, e in [-127, 127]): the same FP32 result. Tseng's
-        # (x * 0.75) / 2^e as x * (0.75 * 2^-e): equal wherever the result is an FP32 normal (below, code 0)
-        inv = _pow2(-e)
-        if RULE == MX_TSENG:
-            inv = inv * 0.75
-        scaled2 = tl.reshape(xg * inv[:, :, None], (BLOCK_R, BLOCK_K))
-        mag = _clamp_mag(scaled2)
-        cmag, q = _round(mag, u_ptr, elem, (r2 < R) & (k2 < K_OUT), seed, SR, HAS_U)
-        codes = _signed_codes(cmag, scaled2, bad2)
-        if SR:  # groups holding a nonzero code (those that set the fold's row exponent and count as unfoldable)
-            nonzero = (tl.max(tl.reshape(cmag, (BLOCK_R, NG, GROUP)), axis=2) > 0) & ~bad
-        else:  # RTN: code 0 exactly for |x| * inv <= 0.25, and rounding is monotone
-            nonzero = (amax * inv > 0.25) & ~bad
-        if WRITE_MASK:
-            trust = ((tl.abs(scaled2) < 6.0) & ~bad2).to(tl.int32)
-    else:
-        amax_t = tl.load(amax_ptr)
-        s32 = tl.where(amax_t > 0, _div_by(amax_t, ts_den, inv_ts_den), 1.0)  # the reference's tensor_scale (1 for an all-zero tensor)
-        inv_s32 = _div(1.0, s32)  # per program: the group scales' divisions by s32 become _div_by's FMAs
-        if RULE == NV_4OVER6:
-            v6, b6 = _e4m3_rn(_div_by(_div_by(amax, 6.0, _INV6), s32, inv_s32))
-            v6 = tl.where(bad, float("nan"), tl.where(b6 == 0, 1.0, v6))
-            b6 = tl.where(b6 == 0, 0x38, b6)
-            v4, b4 = _e4m3_rn(_div_by(amax * 0.25, s32, inv_s32))  # amax / 4 exactly (a power of two)
-            v4 = tl.where(bad, float("nan"), tl.where(b4 == 0, 1.0, v4))
-            b4 = tl.where(b4 == 0, 0x38, b4)
-            d6 = v6 * s32
-            d4 = v4 * s32
-            sc6 = _div_by(xg, d6[:, :, None], _div(1.0, d6)[:, :, None])
-            sc4 = _div_by(xg, d4[:, :, None], _div(1.0, d4)[:, :, None])
-            c6, q6 = _rtn_code(_clamp_mag(sc6))
-            c4, q4 = _rtn_code(_clamp_mag(sc4))
-            err6 = xg - tl.where(sc6 < 0, -q6, q6) * d6[:, :, None]
-            err4 = xg - tl.where(sc4 < 0, -q4, q4) * d4[:, :, None]
-            pick4 = tl.sum(err4 * err4, axis=2) < tl.sum(err6 * err6, axis=2)
-            byte = tl.where(pick4, b4, b6).to(tl.int32)
-            scaled2 = tl.reshape(tl.where(pick4[:, :, None], sc4, sc6), (BLOCK_R, BLOCK_K))
-            cmag = tl.reshape(tl.where(pick4[:, :, None], c4, c6), (BLOCK_R, BLOCK_K))
-            q = tl.reshape(tl.where(pick4[:, :, None], q4, q6), (BLOCK_R, BLOCK_K))
-        else:
-            vs, bs = _e4m3_rn(_div_by(_div_by(amax, val_max, inv_val_max), s32, inv_s32))
-            vs = tl.where(bad, float("nan"), tl.where(bs == 0, 1.0, vs))
-            bs = tl.where(bs == 0, 0x38, bs)
-            byte = bs.to(tl.int32)
-            ds = vs * s32
-            scaled = _div_by(xg, ds[:, :, None], _div(1.0, ds)[:, :, None])
-            scaled2 = tl.reshape(scaled, (BLOCK_R, BLOCK_K))
+        if RULE == MX_OCP or RULE == MX_TSENG or RULE == MX_QUEST:
+            if SCALES_IN:  # the pre-pass wrote the E8M0 bytes (255 for Inf/NaN groups, whose codes are overridden)
+                gs = pid_k * NG + tl.arange(0, NG)
+                e = tl.load(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gs[None, :], mask=rows[:, None] < R, other=0).to(tl.int32) - 127
+            else:
+                e = _mx_exponent(xg, amax, RULE, GROUP)
+            byte = tl.where(bad, 255, e + 127)
+            # x / 2^e as x * 2^-e (a power of two too, e in [-127, 127]): the same FP32 result. Tseng's
+            # (x * 0.75) / 2^e as x * (0.75 * 2^-e): equal wherever the result is an FP32 normal (below, code 0)
+            inv = _pow2(-e)
+            if RULE == MX_TSENG:
+                inv = inv * 0.75
+            scaled2 = tl.reshape(xg * inv[:, :, None], (BLOCK_R, BLOCK_K))
             mag = _clamp_mag(scaled2)
             cmag, q = _round(mag, u_ptr, elem, (r2 < R) & (k2 < K_OUT), seed, SR, HAS_U)
-            if RULE == NV_EDEN:
-                # S = <x, x> / <x, x_hat> per correction group, in code units; s8 <- SR_E4M3(S * s8)
-                qs = tl.where(scaled2 < 0, -q, q)
-                num = tl.sum(tl.reshape(scaled2 * scaled2, (BLOCK_R, BLOCK_K // CORR, CORR)), axis=2)
-                den = tl.sum(tl.reshape(scaled2 * qs, (BLOCK_R, BLOCK_K // CORR, CORR)), axis=2)
-                corr = tl.where(den > 0, _div(num, den), 1.0)
-                corr_g = tl.reshape(tl.broadcast_to(corr[:, :, None], (BLOCK_R, BLOCK_K // CORR, CORR // GROUP)), (BLOCK_R, NG))
-                c = vs * corr_g
-                rn_val, rn_b = _e4m3_rn(c)
-                rn_i = rn_b.to(tl.int32)
-                other = tl.where(rn_val > c, rn_i - 1, rn_i + 1)
-                other = tl.minimum(tl.maximum(other, 0), 0x7E)
-                other_val = _e4m3_from_byte(other)
-                down = tl.minimum(rn_val, other_val)
-                up = tl.maximum(rn_val, other_val)
-                # up - down is one E4M3 quantum, a power of two >= 2^-9: dividing is multiplying by its exact reciprocal
-                p_up = tl.where(up > down, (c - down) * _pow2(-_exp_floor(up - down)), 0.0)
-                p_up = tl.minimum(tl.maximum(p_up, 0.0), 1.0)
-                gidx = rows[:, None] * (K_OUT // GROUP) + (pid_k * NG + tl.arange(0, NG))[None, :]
-                if HAS_U:
-                    us = tl.load(us_ptr + gidx, mask=rows[:, None] < R, other=0.0)
-                else:
-                    us = _uniform(seed ^ _SCALE_SALT, gidx)
-                chosen = tl.where(us < p_up, tl.maximum(rn_i, other), tl.minimum(rn_i, other))
-                keep = ~(c < float("inf")) | (c < 0.015625) | (c >= 448.0) | (rn_val == c)
-                new_b = tl.where(keep, rn_i, chosen)
-                byte = tl.where(c < float("inf"), new_b, 0x7F)
-        byte = tl.where(bad, 0x7F, byte)
-        codes = _signed_codes(cmag, scaled2, bad2)
-
-    row_ok = rows[:, None] < R
-    if WRITE_S32:  # one program writes the tensor scale and alpha (MXFP4: 1 and no alpha: the factor stays on the host)
-        if (pid_r == 0) & (pid_k == 0):
-            if RULE == MX_OCP or RULE == MX_TSENG or RULE == MX_QUEST:
-                tl.store(s32_ptr, 1.0)
+            codes = _signed_codes(cmag, scaled2, bad2)
+            if SR:  # groups holding a nonzero code (those that set the fold's row exponent and count as unfoldable)
+                nonzero = (tl.max(tl.reshape(cmag, (BLOCK_R, NG, GROUP)), axis=2) > 0) & ~bad
+            else:  # RTN: code 0 exactly for |x| * inv <= 0.25, and rounding is monotone
+                nonzero = (amax * inv > 0.25) & ~bad
+            if WRITE_MASK:
+                trust = ((tl.abs(scaled2) < 6.0) & ~bad2).to(tl.int32)
+        else:
+            amax_t = tl.load(amax_ptr)
+            s32 = tl.where(amax_t > 0, _div_by(amax_t, ts_den, inv_ts_den), 1.0)  # the reference's tensor_scale (1 for an all-zero tensor)
+            inv_s32 = _div(1.0, s32)  # per program: the group scales' divisions by s32 become _div_by's FMAs
+            if RULE == NV_4OVER6:
+                v6, b6 = _e4m3_rn(_div_by(_div_by(amax, 6.0, _INV6), s32, inv_s32))
+                v6 = tl.where(bad, float("nan"), tl.where(b6 == 0, 1.0, v6))
+                b6 = tl.where(b6 == 0, 0x38, b6)
+                v4, b4 = _e4m3_rn(_div_by(amax * 0.25, s32, inv_s32))  # amax / 4 exactly (a power of two)
+                v4 = tl.where(bad, float("nan"), tl.where(b4 == 0, 1.0, v4))
+                b4 = tl.where(b4 == 0, 0x38, b4)
+                d6 = v6 * s32
+                d4 = v4 * s32
+                sc6 = _div_by(xg, d6[:, :, None], _div(1.0, d6)[:, :, None])
+                sc4 = _div_by(xg, d4[:, :, None], _div(1.0, d4)[:, :, None])
+                c6, q6 = _rtn_code(_clamp_mag(sc6))
+                c4, q4 = _rtn_code(_clamp_mag(sc4))
+                err6 = xg - tl.where(sc6 < 0, -q6, q6) * d6[:, :, None]
+                err4 = xg - tl.where(sc4 < 0, -q4, q4) * d4[:, :, None]
+                pick4 = tl.sum(err4 * err4, axis=2) < tl.sum(err6 * err6, axis=2)
+                byte = tl.where(pick4, b4, b6).to(tl.int32)
+                scaled2 = tl.reshape(tl.where(pick4[:, :, None], sc4, sc6), (BLOCK_R, BLOCK_K))
+                cmag = tl.reshape(tl.where(pick4[:, :, None], c4, c6), (BLOCK_R, BLOCK_K))
+                q = tl.reshape(tl.where(pick4[:, :, None], q4, q6), (BLOCK_R, BLOCK_K))
             else:
-                tl.store(s32_ptr, s32)
-                tl.store(alpha_out_ptr, s32 * factor)
-    # --- GEMM-ready values [R, K_OUT] (hopper.md): the same numbers as the packed form, in what the tensor cores take
-    if VALUES == 1:  # MXFP4 folded into FP8: q * 2^(e_g - E_r + 6), row scale 2^(E_r - 6) (twin: hopper_gemm.fold_mxfp4_fp8)
-        e_r = tl.load(er_ptr + rows, mask=rows < R, other=_NO_ROW_EXP)
-        e_r = tl.where(e_r == _NO_ROW_EXP, 6, e_r)  # a row without a live group: row scale 1
-        shift = tl.minimum(tl.maximum(e - e_r[:, None] + 6, -13), 6)  # below -13 every value rounds to 0
-        # E4M3 bytes in integer arithmetic. Not Triton's fp32 -> float8e4nv conversion: on sm_90 (Triton 3.6)
-        # it returned the wrong element's byte for some layouts (transposed loads, tl.rand tiles), measured
-        # by tests/kernels/test_fold_kernels.py on an H200. Groups of zero codes give byte 0 either way.
-        if tl.min(tl.min(tl.where(nonzero, shift, 6), axis=1), axis=0) >= -5:  # the usual tile: every value an E4M3 normal
-            base2 = tl.reshape(tl.broadcast_to(((shift + 6) * 8)[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
-            v8 = _fold_byte(cmag, base2)
-        else:  # some group 12 or more binades below its row's largest: round its values to E4M3 from FP32 bits
-            scale2 = tl.reshape(tl.broadcast_to(_pow2(shift)[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
-            v8 = _e4m3_byte_of_fold(_e2m1_value(cmag) * scale2)  # the value from its code: q need not stay live
-        v8 = tl.where(bad2, 0x7F, v8 | ((codes & 8) << 4))  # the code's sign bit, -0 included; NaN groups
-        tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v8.to(tl.uint8), mask=row_ok)
-        unfoldable = tl.sum(tl.sum((nonzero & (e < e_r[:, None] - 14) & row_ok).to(tl.int32), axis=1), axis=0)
-        if unfoldable > 0:  # rare: most programs leave the single counter address alone
-            tl.atomic_add(count_ptr, unfoldable.to(count_ptr.dtype.element_ty))
-        if pid_k == 0:
-            tl.store(rs_ptr + rows, _pow2(e_r - 6), mask=rows < R)
-    elif VALUES == 2:  # NVFP4 as exact BF16 q * s8 (twin: hopper_gemm.nvfp4_to_bf16)
-        s8 = tl.where(byte == 0x7F, float("nan"), _e4m3_from_byte(byte))
-        v = q * tl.reshape(tl.broadcast_to(s8[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))  # 2-D, as above
-        v = (v.to(tl.int32, bitcast=True) | (((codes >> 3) & 1) << 31)).to(tl.float32, bitcast=True)  # sign as a bit
-        tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v.to(tl.bfloat16), mask=row_ok)
-    if WRITE_PACKED:
-        # --- write: packed codes [R, K_OUT/2], scales [R, K_OUT/GROUP], mask bits [R, K_OUT/8]
-        pairs = tl.reshape(codes, (BLOCK_R, BLOCK_K // 2, 2))
-        lo, hi = tl.split(pairs)
-        packed = (lo | (hi << 4)).to(tl.uint8)
-        pc = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-        tl.store(codes_ptr + rows[:, None] * (K_OUT // 2) + pc[None, :], packed, mask=row_ok)
-        if not SCALES_IN:
-            gc = pid_k * NG + tl.arange(0, NG)
-            tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
-        if WRITE_MASK:
-            t_lo, t_hi = tl.split(tl.reshape(trust, (BLOCK_R, BLOCK_K // 2, 2)))  # bit pairs first (neighbours share a thread)
-            quads = tl.reshape(t_lo | (t_hi << 1), (BLOCK_R, BLOCK_K // 8, 4))
-            weights = (1 << (2 * tl.arange(0, 4))).to(tl.int32)
-            mbyte = tl.sum(quads * weights[None, None, :], axis=2).to(tl.uint8)
-            mc = pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
-            tl.store(mask_ptr + rows[:, None] * (K_OUT // 8) + mc[None, :], mbyte, mask=row_ok)
+                vs, bs = _e4m3_rn(_div_by(_div_by(amax, val_max, inv_val_max), s32, inv_s32))
+                vs = tl.where(bad, float("nan"), tl.where(bs == 0, 1.0, vs))
+                bs = tl.where(bs == 0, 0x38, bs)
+                byte = bs.to(tl.int32)
+                ds = vs * s32
+                scaled = _div_by(xg, ds[:, :, None], _div(1.0, ds)[:, :, None])
+                scaled2 = tl.reshape(scaled, (BLOCK_R, BLOCK_K))
+                mag = _clamp_mag(scaled2)
+                cmag, q = _round(mag, u_ptr, elem, (r2 < R) & (k2 < K_OUT), seed, SR, HAS_U)
+                if RULE == NV_EDEN:
+                    # S = <x, x> / <x, x_hat> per correction group, in code units; s8 <- SR_E4M3(S * s8)
+                    qs = tl.where(scaled2 < 0, -q, q)
+                    num = tl.sum(tl.reshape(scaled2 * scaled2, (BLOCK_R, BLOCK_K // CORR, CORR)), axis=2)
+                    den = tl.sum(tl.reshape(scaled2 * qs, (BLOCK_R, BLOCK_K // CORR, CORR)), axis=2)
+                    corr = tl.where(den > 0, _div(num, den), 1.0)
+                    corr_g = tl.reshape(tl.broadcast_to(corr[:, :, None], (BLOCK_R, BLOCK_K // CORR, CORR // GROUP)), (BLOCK_R, NG))
+                    c = vs * corr_g
+                    rn_val, rn_b = _e4m3_rn(c)
+                    rn_i = rn_b.to(tl.int32)
+                    other = tl.where(rn_val > c, rn_i - 1, rn_i + 1)
+                    other = tl.minimum(tl.maximum(other, 0), 0x7E)
+                    other_val = _e4m3_from_byte(other)
+                    down = tl.minimum(rn_val, other_val)
+                    up = tl.maximum(rn_val, other_val)
+                    # up - down is one E4M3 quantum, a power of two >= 2^-9: dividing is multiplying by its exact reciprocal
+                    p_up = tl.where(up > down, (c - down) * _pow2(-_exp_floor(up - down)), 0.0)
+                    p_up = tl.minimum(tl.maximum(p_up, 0.0), 1.0)
+                    gidx = rows[:, None] * (K_OUT // GROUP) + (pid_k * NG + tl.arange(0, NG))[None, :]
+                    if HAS_U:
+                        us = tl.load(us_ptr + gidx, mask=rows[:, None] < R, other=0.0)
+                    else:
+                        us = _uniform(seed ^ _SCALE_SALT, gidx)
+                    chosen = tl.where(us < p_up, tl.maximum(rn_i, other), tl.minimum(rn_i, other))
+                    keep = ~(c < float("inf")) | (c < 0.015625) | (c >= 448.0) | (rn_val == c)
+                    new_b = tl.where(keep, rn_i, chosen)
+                    byte = tl.where(c < float("inf"), new_b, 0x7F)
+            byte = tl.where(bad, 0x7F, byte)
+            codes = _signed_codes(cmag, scaled2, bad2)
+
+        row_ok = rows[:, None] < R
+        if WRITE_S32:  # one program writes the tensor scale and alpha (MXFP4: 1 and no alpha: the factor stays on the host)
+            if (row_block == 0) & (pid_k == 0):
+                if RULE == MX_OCP or RULE == MX_TSENG or RULE == MX_QUEST:
+                    tl.store(s32_ptr, 1.0)
+                else:
+                    tl.store(s32_ptr, s32)
+                    tl.store(alpha_out_ptr, s32 * factor)
+        # --- GEMM-ready values [R, K_OUT] (hopper.md): the same numbers as the packed form, in what the tensor cores take
+        if VALUES == 1:  # MXFP4 folded into FP8: q * 2^(e_g - E_r + 6), row scale 2^(E_r - 6) (twin: hopper_gemm.fold_mxfp4_fp8)
+            e_r = tl.load(er_ptr + rows, mask=rows < R, other=_NO_ROW_EXP)
+            e_r = tl.where(e_r == _NO_ROW_EXP, 6, e_r)  # a row without a live group: row scale 1
+            shift = tl.minimum(tl.maximum(e - e_r[:, None] + 6, -13), 6)  # below -13 every value rounds to 0
+            # E4M3 bytes in integer arithmetic. Not Triton's fp32 -> float8e4nv conversion: on sm_90 (Triton 3.6)
+            # it returned the wrong element's byte for some layouts (transposed loads, tl.rand tiles), measured
+            # by tests/kernels/test_fold_kernels.py on an H200. Groups of zero codes give byte 0 either way.
+            if tl.min(tl.min(tl.where(nonzero, shift, 6), axis=1), axis=0) >= -5:  # the usual tile: every value an E4M3 normal
+                base2 = tl.reshape(tl.broadcast_to(((shift + 6) * 8)[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
+                v8 = _fold_byte(cmag, base2)
+            else:  # some group 12 or more binades below its row's largest: round its values to E4M3 from FP32 bits
+                scale2 = tl.reshape(tl.broadcast_to(_pow2(shift)[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
+                v8 = _e4m3_byte_of_fold(_e2m1_value(cmag) * scale2)  # the value from its code: q need not stay live
+            v8 = tl.where(bad2, 0x7F, v8 | ((codes & 8) << 4))  # the code's sign bit, -0 included; NaN groups
+            tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v8.to(tl.uint8), mask=row_ok)
+            unfoldable = tl.sum(tl.sum((nonzero & (e < e_r[:, None] - 14) & row_ok).to(tl.int32), axis=1), axis=0)
+            if unfoldable > 0:  # rare: most programs leave the single counter address alone
+                tl.atomic_add(count_ptr, unfoldable.to(count_ptr.dtype.element_ty))
+            if pid_k == 0:
+                tl.store(rs_ptr + rows, _pow2(e_r - 6), mask=rows < R)
+        elif VALUES == 2:  # NVFP4 as exact BF16 q * s8 (twin: hopper_gemm.nvfp4_to_bf16)
+            s8 = tl.where(byte == 0x7F, float("nan"), _e4m3_from_byte(byte))
+            v = q * tl.reshape(tl.broadcast_to(s8[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))  # 2-D, as above
+            v = (v.to(tl.int32, bitcast=True) | (((codes >> 3) & 1) << 31)).to(tl.float32, bitcast=True)  # sign as a bit
+            tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v.to(tl.bfloat16), mask=row_ok)
+        if WRITE_PACKED:
+            # --- write: packed codes [R, K_OUT/2], scales [R, K_OUT/GROUP], mask bits [R, K_OUT/8]
+            pairs = tl.reshape(codes, (BLOCK_R, BLOCK_K // 2, 2))
+            lo, hi = tl.split(pairs)
+            packed = (lo | (hi << 4)).to(tl.uint8)
+            pc = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+            tl.store(codes_ptr + rows[:, None] * (K_OUT // 2) + pc[None, :], packed, mask=row_ok)
+            if not SCALES_IN:
+                gc = pid_k * NG + tl.arange(0, NG)
+                tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
+            if WRITE_MASK:
+                t_lo, t_hi = tl.split(tl.reshape(trust, (BLOCK_R, BLOCK_K // 2, 2)))  # bit pairs first (neighbours share a thread)
+                quads = tl.reshape(t_lo | (t_hi << 1), (BLOCK_R, BLOCK_K // 8, 4))
+                weights = (1 << (2 * tl.arange(0, 4))).to(tl.int32)
+                mbyte = tl.sum(quads * weights[None, None, :], axis=2).to(tl.uint8)
+                mc = pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
+                tl.store(mask_ptr + rows[:, None] * (K_OUT // 8) + mc[None, :], mbyte, mask=row_ok)
 
 
 @triton.jit
@@ -616,17 +639,25 @@ def _block_k(k_out: int, minimum: int, largest: int = 128) -> int:
 
 
 class Tile(NamedTuple):
-    """A program's tile and warps: ``block_r`` rows x up to ``block_k`` elements along the quantization axis."""
+    """A program's tile and warps: ``block_r`` rows x up to ``block_k`` elements along the quantization axis,
+    for ``row_iters`` consecutive row blocks in turn (the rotation matrix loaded once for all of them)."""
 
     block_r: int
     block_k: int
     num_warps: int
+    row_iters: int = 1
 
     def check(self) -> None:
         """Triton's shapes are powers of two: say which field is not, before a compile error would."""
         for field, value, low in (("block_r", self.block_r, 1), ("block_k", self.block_k, 16), ("num_warps", self.num_warps, 1)):
             if value < low or value & (value - 1):
                 raise ValueError(f"quantize kernel: {field}={value} must be a power of two >= {low} (tile {tuple(self)})")
+        if self.row_iters < 1:
+            raise ValueError(f"quantize kernel: row_iters={self.row_iters} must be >= 1 (tile {tuple(self)})")
+
+    def label(self) -> str:
+        """``rows x K / warps`` and ``x iters`` when a program takes several row blocks."""
+        return f"{self.block_r}x{self.block_k}/{self.num_warps}" + (f"x{self.row_iters}" if self.row_iters > 1 else "")
 
 
 def default_tile(g: int, transposed: bool, rows_multiple: int = 1) -> Tile:
@@ -650,31 +681,34 @@ def default_tile(g: int, transposed: bool, rows_multiple: int = 1) -> Tile:
 
 
 class PreparedRotation(NamedTuple):
-    """A rotation ready for the kernels: ``h = M / scale`` (entries +-1, float32, on the device) and ``scale``."""
+    """A rotation ready for the kernels: ``h = M / scale`` (entries +-1, bf16, on the device) and ``scale``."""
 
     h: torch.Tensor
     scale: float
 
 
 def device_rotation(rotation: torch.Tensor | PreparedRotation | None, device: torch.device) -> PreparedRotation:
-    """``M / c`` on the device as float32 and ``c = max |M|`` (float32 ``1/sqrt(G)`` for a Hadamard), so ``M / c`` is +-1.
+    """``M / c`` on the device as bf16 and ``c = max |M|`` (float32 ``1/sqrt(G)`` for a Hadamard), so ``M / c`` is +-1.
 
     ``rotation`` built on the CPU (what the lowering passes) costs no host synchronization: ``c`` is read on
     the host and the +-1 matrix travels through pinned memory without blocking. A PreparedRotation (the
     lowering caches those of fixed rotations) is used as it is. A matrix already on the GPU is read back
-    once (a sync); only tests do that. No rotation: a 1-element placeholder and c = 1.
+    once (a sync); only tests do that. No rotation: a 1-element placeholder and c = 1. A matrix whose entries
+    are not all +-c (not a Hadamard-type rotation) is refused: the kernels hold M / c in bf16.
     """
     if rotation is None:
-        return PreparedRotation(placeholder(torch.float32, device), 1.0)
+        return PreparedRotation(placeholder(torch.bfloat16, device), 1.0)
     if isinstance(rotation, PreparedRotation):
         return rotation
     rot_scale = float(rotation.abs().max())
-    if rotation.device.type == "cpu":
-        h = (rotation.float() / rot_scale).contiguous()
-        if device.type == "cuda":
-            h = h.pin_memory().to(device, non_blocking=True)
-        return PreparedRotation(h, rot_scale)
-    return PreparedRotation((rotation / rot_scale).to(device=device, dtype=torch.float32).contiguous(), rot_scale)
+    h = rotation.float() / rot_scale
+    if not bool((h.abs() == 1).all()):
+        raise ValueError(f"the rotate-quantize kernels take Hadamard-type rotations (every entry +-{rot_scale:g}); this "
+                         f"{tuple(rotation.shape)} matrix has other entries: quantize with the reference (kernels='reference')")
+    h = h.to(torch.bfloat16).contiguous()  # +-1: exact
+    if h.device.type == "cpu" and device.type == "cuda":
+        return PreparedRotation(h.pin_memory().to(device, non_blocking=True), rot_scale)
+    return PreparedRotation(h.to(device), rot_scale)
 
 
 def rotation_size(rotation: torch.Tensor | PreparedRotation | None) -> int:
@@ -720,13 +754,13 @@ def prepare_rotation(rotation: Rotation, seed: Seed | None, device: torch.device
         return None
     device = torch.device(device)
     c = float(torch.tensor(1.0 / rotation.size**0.5, dtype=torch.float32))  # max |M|, float32 1/sqrt(G)
-    h = persistent.cached(("hadamard+-1", rotation.size), device, lambda: (hadamard_matrix(rotation.size) / c).to(device))
+    h = persistent.cached(("hadamard+-1", rotation.size), device, lambda: (hadamard_matrix(rotation.size) / c).to(device, torch.bfloat16))
     if not rotation.is_random:
         return PreparedRotation(h, c)  # H is symmetric: H^T = H
     if seed is None:
         raise ValueError(f"rotation {rotation} is random: pass a seed")
     g = rotation.size
-    m = torch.empty(g, g, dtype=torch.float32, device=device)
+    m = torch.empty(g, g, dtype=torch.bfloat16, device=device)
     seed_ptr, seed_salt = kernel_seed(seed, device)
     signed_hadamard_kernel[(1,)](h, m, seed_ptr, seed_salt, G=g, INVERSE=inverse)
     return PreparedRotation(m, c)
@@ -822,14 +856,14 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     rows_multiple = 16 if rule.rule == NV_RTN16.value else 1  # its scales cover 16 x 16 blocks, which must not straddle programs
     if tile is not None:
         Tile(*tile).check()
-    block_r, largest_k, num_warps = tile or default_tile(g, trans_load, rows_multiple)
+    block_r, largest_k, num_warps, row_iters = Tile(*tile) if tile else default_tile(g, trans_load, rows_multiple)
     if block_r % rows_multiple:
         raise ValueError(f"quantize kernel: {quantizer.name} takes tiles of a multiple of {rows_multiple} rows; got block_r={block_r}")
     block_k = _block_k(k_out, max(group, g, 16), max(largest_k, group, g, 16))
     h, rot_scale = device_rotation(rotation, device)
-    grid = (triton.cdiv(r, block_r), k_out // block_k)
+    grid = (triton.cdiv(r, block_r * row_iters), k_out // block_k)
     common = dict(SCALED=scaled, TRANS_LOAD=trans_load, G=g, PRECISION=_precision(dtype, device),
-                  BLOCK_R=block_r, BLOCK_K=block_k, num_warps=num_warps)
+                  BLOCK_R=block_r, BLOCK_K=block_k, ROW_ITERS=row_iters, num_warps=num_warps)
     source = (dense, stride_r, stride_k, alpha_src, h, rot_scale)
     is_nv = quantizer.scale_format is ScaleFormat.E4M3
     amax = placeholder(torch.float32, device)  # MXFP4 rules never read it

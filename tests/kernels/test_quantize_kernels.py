@@ -218,7 +218,7 @@ def test_kernel_rejects_unknown_quantizer():
                                                        ("nvfp4_4over6", None, "rows", "bf16"),
                                                        ("nvfp4_ms_eden", "random_hadamard-128", "rows", "bf16")])
 def test_results_do_not_depend_on_the_tile(name, rotation, layout, form):
-    """The launcher's tile (default_tile) is a speed choice only: every tile gives the same codes, scales,
+    """The launcher's tile (default_tile) is a speed choice only: every tile (and programs looping over row blocks) gives the same codes, scales,
     mask, GEMM values and row scales, bit for bit (programs see other slices of the same rows and columns;
     stochastic draws are keyed by element index, the FP8 fold's row exponents reduced over all programs)."""
     from fp4compile.kernels.quantize import quantize_for_gemm
@@ -229,7 +229,7 @@ def test_results_do_not_depend_on_the_tile(name, rotation, layout, form):
     x = torch.randn(48, 256) * torch.logspace(-3, 3, 256)[torch.randperm(256)]  # six decades, shuffled: groups far below their row's maximum, anywhere
     src = (x.t().contiguous() if layout == "transposed" else x).to(DEV)
     runs = []
-    for tile in (None, Tile(16, 64, 2), Tile(32, 128, 4), Tile(64, 64, 4), Tile(64, 128, 16)):
+    for tile in (None, Tile(16, 64, 2), Tile(32, 128, 4), Tile(64, 64, 4), Tile(64, 128, 16), Tile(16, 128, 4, 2)):
         values, packed, mask = quantize_for_gemm(src, q, m, 11, form=form, keep_packed=True, transpose=layout == "transposed", tile=tile)
         runs.append([t.cpu() for t in (values.values.view(torch.uint8) if form == "fp8" else values.values, packed.codes, packed.scales)]
                     + [t.cpu() for t in (values.row_scale, mask) if t is not None])

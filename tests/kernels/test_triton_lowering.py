@@ -94,8 +94,8 @@ def test_rotation_matrices_formed_on_the_device_equal_the_reference():
         expected = rot.matrix(sub_seed(value, "rotation", "backward"))
         for s in (seed, sub_seed(value, "rotation", "backward")):
             m, m_t = prepare_rotation(rot, s, dev), prepare_rotation(rot, s, dev, inverse=True)
-            assert torch.equal(m.h.cpu() * m.scale, expected), size  # +-1 entries times float32 1/sqrt(G)
-            assert torch.equal(m_t.h.cpu() * m_t.scale, expected.t()), size
+            assert torch.equal(m.h.cpu().float() * m.scale, expected), size  # +-1 entries times float32 1/sqrt(G)
+            assert torch.equal(m_t.h.cpu().float() * m_t.scale, expected.t()), size
         assert not torch.equal(prepare_rotation(rot, sub_seed(base, "other"), dev).h.cpu(), m.h.cpu())
     fixed = parse_rotation("hadamard-32")
     assert prepare_rotation(fixed, None, dev).h is prepare_rotation(fixed, 7, dev).h
