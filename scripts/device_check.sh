@@ -8,6 +8,7 @@
 #   bash scripts/device_check.sh accuracy [STEPS]  # bench_accuracy.py: every recipe on the 20m model, table + plot in $OUT
 #                                                  (TPP=10: tokens per parameter instead of steps; PARALLEL=4: four recipes at
 #                                                  a time, one per GPU, slowest first; ends by second ACC_END=590 of the script)
+#   bash scripts/device_check.sh accseeds  # (2 GPUs) bench_accuracy for RECIPES (bf16,quartet2,nvidia) under SEEDS (1 2), one seed per GPU
 #   bash scripts/device_check.sh train   # bench_train.py: ~1B training step throughput and memory vs BF16 and torchao
 #   bash scripts/device_check.sh train2  # GPU tests named in TESTS, the 1B step with CUDA graphs, a 20m tokens/s probe
 #   bash scripts/device_check.sh final   # the GPU test suite, then the 1B table with and without CUDA graphs
@@ -57,6 +58,17 @@ case "${1:-tests}" in
     for f in /tmp/accuracy/*.log; do  # every 100th step line, evaluations, warnings, errors
       tr '\r' '\n' < "$f" | grep -v "it/s\]" | grep -E "00/|eval|data|warn|rror" > "$OUT/accuracy_runs/$(basename "$f")"
     done 2>/dev/null
+    ;;
+  accseeds)  # more seeds for the closest recipes: bench_accuracy (TPP, RECIPES) once per seed in SEEDS, one seed per GPU, at once
+    i=0
+    for s in ${SEEDS:-1 2}; do
+      (CUDA_VISIBLE_DEVICES=$i timeout $((${ACC_END:-580} - SECONDS)) python3 examples/bench_accuracy.py --tokens-per-param ${TPP:-6} --batch 128 \
+        --seed "$s" --recipes ${RECIPES:-bf16,quartet2,nvidia} --out /tmp/acc_s$s --table "$OUT/accuracy_seed$s.md" 2>&1 \
+        | grep -v -i warn | tr '\r' '\n' | grep -v "it/s\]" | grep -E "accuracy|eval|step .*00/|rror|warn|\|" > "$OUT/accuracy_seed$s.log") &
+      i=$((i + 1))
+    done
+    wait
+    for s in ${SEEDS:-1 2}; do echo "## seed $s"; cat "$OUT/accuracy_seed$s.md" 2>/dev/null || tail -5 "$OUT/accuracy_seed$s.log"; done
     ;;
   train)
     timeout 570 python3 examples/bench_train.py "${@:2}" --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -20
