@@ -27,7 +27,7 @@ from examples import train
 RECIPES = ["bf16", "quartet", "quartet-sr", "quartet2", "nvidia", "mxfp4-rtn"]
 # Step time relative to bf16 on the 20m model, batch 128 x 256, CUDA graphs (profile_train.py --graphs-only, H200):
 # the parallel runs start the longest first, so that six recipes on four GPUs end together.
-STEP_COST = {"quartet2": 4.33, "quartet-sr": 2.98, "nvidia": 2.88, "mxfp4-rtn": 2.71, "quartet": 2.47, "bf16": 1.0}
+STEP_COST = {"quartet2": 3.60, "quartet-sr": 2.86, "nvidia": 2.71, "mxfp4-rtn": 2.62, "quartet": 2.35, "bf16": 1.0}
 PAPER_GAPS = {"quartet": "~0.07 (Quartet T3, 30M, D/N 25)", "quartet2": "0.0430 (QII, 30M, D/N 25)", "nvidia": "0.0548 (QII, 30M, D/N 25)"}
 
 
