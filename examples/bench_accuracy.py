@@ -4,6 +4,7 @@ and seed, final validation loss and bits per byte, and each recipe's gap to BF16
     python examples/bench_accuracy.py                         # ~20 tokens per parameter, on a GPU
     python examples/bench_accuracy.py --size tiny --steps 20  # a CPU dry run of the pipeline
     python examples/bench_accuracy.py --parallel 6            # one recipe per GPU on a 6+-GPU machine, all at once
+    python examples/bench_accuracy.py --from runs/a/* runs/b/*  # the table of finished runs (e.g. from several GPU calls)
 
 The papers' gaps (numerics.md section 5, C4 val loss with a Llama-2 tokenizer, so only the ordering and
 rough size carry over to byte-level text): Quartet II's ~30M at D/N 25: NVIDIA 0.0548, Quartet II 0.0430;
@@ -14,6 +15,7 @@ Quartet II's gap below NVIDIA's, and naive MXFP4 RTN the worst.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="20m", choices=list(train.SIZES))
     p.add_argument("--recipes", default=",".join(RECIPES))
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train bf16, the baseline of the gaps (--no-bf16: only --recipes, to combine with a bf16 run later by --from)")
     p.add_argument("--tokens-per-param", type=float, default=20.0)
     p.add_argument("--steps", type=int, default=None, help="overrides --tokens-per-param")
     p.add_argument("--batch", type=int, default=64)
@@ -58,11 +62,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                    help="train this many recipes at once, each in its own process and on its own GPU (logs in <out>/<recipe>.log)")
     p.add_argument("--plot", default=None, help="also draw every recipe's loss curves into this PNG")
     p.add_argument("--table", default=None, help="also write the markdown table (and the ordering checks) to this file")
+    p.add_argument("--from", dest="from_runs", nargs="+", default=None, metavar="RUN",
+                   help="train nothing: the table of these finished run folders (run.json + metrics.json, bf16 among them), "
+                        "checked to be comparable: same size, steps, batch, seq, seed, data, learning rate and evaluation")
     args = p.parse_args(argv)
+    if args.from_runs:
+        return report(read_runs(args.from_runs), args)
     if args.cudagraphs is None:
         args.cudagraphs = train.torch.cuda.is_available()
     recipes = [r for r in args.recipes.split(",") if r]
-    if "bf16" not in recipes:
+    if "bf16" not in recipes and args.bf16:
         recipes.insert(0, "bf16")
     params = train.count_params(train.build_model(args.size, args.seq, args.seed, "meta", train.torch.float32))
     steps = args.steps or max(1, round(args.tokens_per_param * params / (args.batch * args.seq)))
@@ -76,6 +85,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         summaries = train_in_parallel(recipes, common, Path(args.out), args.parallel)
     else:
         summaries = train.main(common + ["--compare", ",".join(recipes), "--out", args.out])
+    return report(summaries, args)
+
+
+def report(summaries: list[dict], args) -> dict[str, float]:
+    """Print (and with --table / --plot write) the table of gaps to bf16 and the papers' ordering; returns the gaps
+    (none without a bf16 run: the runs then wait in their folders for --from)."""
+    if not any(s["recipe"] == "bf16" for s in summaries):
+        print(f"no bf16 run: the gaps need one; combine these runs with a bf16 run of the same settings by --from {' '.join(s['out'] for s in summaries)} ...")
+        return {}
     base = next(s for s in summaries if s["recipe"] == "bf16")["val_loss"]
     gaps = {s["recipe"]: s["val_loss"] - base for s in summaries if s["recipe"] != "bf16"}
     lines = ["| recipe | val loss (nats/byte) | bits/byte | gap to bf16 | papers' gap | tokens/s |", "|---|---|---|---|---|---|"]
@@ -89,6 +107,39 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.plot:
         plot_curves(summaries, Path(args.plot))
     return gaps
+
+
+def read_runs(folders: list[str]) -> list[dict]:
+    """Summaries of finished runs from their folders' ``run.json`` and ``metrics.json`` (no checkpoint needed: what
+    ``device_check.sh accuracy`` brings back), bf16's first. Refused, naming the runs and the difference: a folder
+    without them, an unfinished run, a recipe twice, no bf16, or runs whose ``train.RUN_KEYS`` differ."""
+    summaries = []
+    for folder in map(Path, folders):
+        missing = [n for n in ("run.json", "metrics.json") if not (folder / n).is_file()]
+        if missing:
+            raise SystemExit(f"--from {folder}: no {' or '.join(missing)} there (runs written before run.json existed cannot be checked; train them again)")
+        facts = json.loads((folder / "run.json").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+        if not metrics or metrics[-1]["step"] != facts["steps"]:
+            done = metrics[-1]["step"] if metrics else 0
+            raise SystemExit(f"--from {folder}: the {facts['recipe']} run stopped at step {done} of {facts['steps']}")
+        last = metrics[-1]
+        summaries.append({"recipe": facts["recipe"], "out": str(folder), "steps": facts["steps"], "val_loss": last["val_loss"],
+                          "val_bpb": last["val_bpb"], "train_loss": last["train_loss"], "tokens_per_s": last["tokens_per_s"],
+                          "losses": [], "metrics": metrics, "facts": facts})
+    recipes = [s["recipe"] for s in summaries]
+    twice = sorted({r for r in recipes if recipes.count(r) > 1})
+    if twice:
+        raise SystemExit(f"--from: recipe(s) {twice} given more than once; pass one run per recipe")
+    if "bf16" not in recipes:
+        raise SystemExit(f"--from: no bf16 run among {recipes}: the gaps are to bf16")
+    first = summaries[recipes.index("bf16")]
+    for s in summaries:
+        differ = {k: (first["facts"].get(k), s["facts"].get(k)) for k in train.RUN_KEYS if first["facts"].get(k) != s["facts"].get(k)}
+        if differ:
+            detail = ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differ.items())
+            raise SystemExit(f"--from: {s['out']} ({s['recipe']}) is not comparable with {first['out']} (bf16): {detail}")
+    return sorted(summaries, key=lambda s: s["recipe"] != "bf16")
 
 
 def train_in_parallel(recipes: list[str], common: list[str], out: Path, slots: int) -> list[dict]:
@@ -145,9 +196,12 @@ def plot_curves(summaries: list[dict], path: Path) -> None:
     fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(11, 4))
     for s in summaries:
         losses = s["losses"]
-        k = max(1, len(losses) // 50)
-        smooth = [sum(losses[i:i + k]) / len(losses[i:i + k]) for i in range(0, len(losses), k)]
-        ax_t.plot([i + k for i in range(0, len(losses), k)], smooth, label=s["recipe"])
+        if losses:
+            k = max(1, len(losses) // 50)
+            smooth = [sum(losses[i:i + k]) / len(losses[i:i + k]) for i in range(0, len(losses), k)]
+            ax_t.plot([i + k for i in range(0, len(losses), k)], smooth, label=s["recipe"])
+        else:  # runs read back without their checkpoints (--from): the mean training loss of each evaluation window
+            ax_t.plot([m["step"] for m in s["metrics"]], [m["train_loss"] for m in s["metrics"]], "o-", label=s["recipe"])
         ax_v.plot([m["step"] for m in s["metrics"]], [m["val_loss"] for m in s["metrics"]], "o-", label=s["recipe"])
     for ax, title in ((ax_t, "training loss (smoothed)"), (ax_v, "validation loss")):
         ax.set_xlabel("step")

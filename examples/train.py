@@ -16,6 +16,7 @@ clipping at 1.0. Data is byte-level (vocabulary 256): by default the Python stan
     torchrun --nproc_per_node 8 examples/train.py --size 1b --fsdp        # FSDP2, each block compiled on its own
 
 Each run writes to ``--out`` (default ``runs/<recipe>``; with ``--compare``, ``<out>/<recipe>``):
+``run.json`` (what makes runs comparable: size, steps, batch, seq, seed, data, learning rate, evaluation),
 ``metrics.json`` and ``metrics.csv`` (one row per evaluation: step, train_loss, val_loss, val_bpb,
 tokens_per_s, elapsed_s), ``loss.png`` (needs matplotlib) and ``checkpoint.pt`` (model, optimizer, step,
 RNG and data-order state, metrics; also every ``--save-every`` steps). ``--resume`` continues from it up
@@ -151,6 +152,17 @@ def resolve_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
 # --------------------------------------------------------------------------------------------
 # metrics, plot, checkpoint
 # --------------------------------------------------------------------------------------------
+
+
+# the arguments that define a run's numbers: runs are comparable when these agree (recipe aside)
+RUN_KEYS = ("size", "steps", "batch", "seq", "seed", "data", "data_bytes", "lr", "eval_every", "eval_batches", "dtype")
+
+
+def run_facts(recipe: str, args) -> dict:
+    """``run.json``: the recipe and the RUN_KEYS arguments (the default learning rate resolved)."""
+    facts = {k: getattr(args, k) for k in RUN_KEYS}
+    facts["lr"] = args.lr if args.lr is not None else DEFAULT_LR[args.size]
+    return {"recipe": recipe, **facts}
 
 
 def write_metrics(out: Path, metrics: list[dict]) -> None:
@@ -298,6 +310,8 @@ def train_one(recipe: str, args, data: tuple[torch.Tensor, torch.Tensor] | None 
     main_rank = rank == 0
     out = Path(args.out_dirs[recipe])
     out.mkdir(parents=True, exist_ok=True)
+    if main_rank:
+        (out / "run.json").write_text(json.dumps(run_facts(recipe, args), indent=1))
     train_data, val_data = data if data is not None else load_data(args.data, args.data_bytes)
     peak_lr = args.lr if args.lr is not None else DEFAULT_LR[args.size]
 

@@ -7,7 +7,8 @@
 #   bash scripts/device_check.sh perf    # where a linear layer's step goes (profile per recipe), kernel bandwidth, the linear table
 #   bash scripts/device_check.sh accuracy [STEPS]  # bench_accuracy.py: every recipe on the 20m model, table + plot in $OUT
 #                                                  (TPP=10: tokens per parameter instead of steps; PARALLEL=4: four recipes at
-#                                                  a time, one per GPU, slowest first; ends by second ACC_END=590 of the script)
+#                                                  a time, one per GPU, slowest first; RECIPES=a,b: those and bf16, ACC_ARGS=--no-bf16
+#                                                  without it; ends by second ACC_END=590); runs in accuracy_runs.tgz for --from
 #   bash scripts/device_check.sh accseeds  # (2 GPUs) bench_accuracy for RECIPES (bf16,quartet2,nvidia) under SEEDS (1 2), one seed per GPU
 #   bash scripts/device_check.sh train   # bench_train.py: ~1B training step throughput and memory vs BF16 and torchao
 #   bash scripts/device_check.sh train2  # GPU tests named in TESTS, the 1B step with CUDA graphs, a 20m tokens/s probe
@@ -33,6 +34,19 @@ if ls .whl/torchao-*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 python3 -c "import torch, triton, fp4compile.passes; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt" || exit 1
+# A bench_accuracy output folder's runs as one archive (at most 8 files come back from a call): each <recipe>/run.json and
+# metrics.json, for `bench_accuracy.py --from` here, and each <recipe>.log cut to every 100th step, evaluations, warnings, errors
+bundle_runs() {
+  local src=$1 dst=$2 b
+  b=$(mktemp -d)
+  for d in "$src"/*/; do
+    mkdir -p "$b/$(basename "$d")" && cp "$d"run.json "$d"metrics.json "$b/$(basename "$d")/" 2>/dev/null
+  done
+  for f in "$src"/*.log; do
+    [ -f "$f" ] && tr '\r' '\n' < "$f" | grep -v "it/s\]" | grep -E "00/|eval|data|warn|rror" > "$b/$(basename "$f")"
+  done
+  tar czf "$dst" -C "$b" .
+}
 case "${1:-tests}" in
   tests)
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -25
@@ -51,13 +65,9 @@ case "${1:-tests}" in
   accuracy)  # [STEPS] or TPP=tokens per parameter; PARALLEL=N: N recipes at once, one per GPU; run logs and metrics copied to $OUT
     size_args="--steps ${2:-250}"
     if [ -n "${TPP:-}" ]; then size_args="--tokens-per-param $TPP"; fi
-    timeout $((${ACC_END:-590} - SECONDS)) python3 examples/bench_accuracy.py $size_args --batch 128 --parallel "${PARALLEL:-1}" --out /tmp/accuracy \
+    timeout $((${ACC_END:-590} - SECONDS)) python3 examples/bench_accuracy.py $size_args --batch 128 --parallel "${PARALLEL:-1}" ${RECIPES:+--recipes $RECIPES} ${ACC_ARGS:-} --out /tmp/accuracy \
       --table "$OUT/accuracy.md" --plot "$OUT/accuracy.png" 2>&1 | grep -v -i warn | tee "$OUT/accuracy.log" | grep -v "it/s\]" | tail -30
-    mkdir -p "$OUT/accuracy_runs"
-    for d in /tmp/accuracy/*/; do cp "$d"metrics.json "$OUT/accuracy_runs/$(basename "$d")_metrics.json" 2>/dev/null; done
-    for f in /tmp/accuracy/*.log; do  # every 100th step line, evaluations, warnings, errors
-      tr '\r' '\n' < "$f" | grep -v "it/s\]" | grep -E "00/|eval|data|warn|rror" > "$OUT/accuracy_runs/$(basename "$f")"
-    done 2>/dev/null
+    bundle_runs /tmp/accuracy "$OUT/accuracy_runs.tgz"
     ;;
   accseeds)  # more seeds for the closest recipes: bench_accuracy (TPP, RECIPES) once per seed in SEEDS, one seed per GPU, at once
     i=0
@@ -68,7 +78,10 @@ case "${1:-tests}" in
       i=$((i + 1))
     done
     wait
-    for s in ${SEEDS:-1 2}; do echo "## seed $s"; cat "$OUT/accuracy_seed$s.md" 2>/dev/null || tail -5 "$OUT/accuracy_seed$s.log"; done
+    for s in ${SEEDS:-1 2}; do
+      echo "## seed $s"; cat "$OUT/accuracy_seed$s.md" 2>/dev/null || tail -5 "$OUT/accuracy_seed$s.log"
+      bundle_runs /tmp/acc_s$s "$OUT/accuracy_runs_seed$s.tgz"
+    done
     ;;
   train)
     timeout 570 python3 examples/bench_train.py "${@:2}" --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -20

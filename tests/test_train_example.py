@@ -176,6 +176,47 @@ def test_bench_accuracy_parallel_matches_sequential(tmp_path):
         assert len(a["losses"]) == len(b["losses"]) == 4 and a["losses"][0] == b["losses"][0], recipe
         assert a["losses"] == pytest.approx(b["losses"], rel=1e-6 if recipe == "bf16" else 1e-3), recipe
         assert (tmp_path / "par" / f"{recipe}.log").exists()
+    # the same table from the finished folders alone (what a GPU call brings back: run.json + metrics.json)
+    merged = bench_accuracy.main(["--from", str(tmp_path / "par" / "quartet"), str(tmp_path / "seq" / "bf16")])
+    assert merged == pytest.approx(par)
+
+
+def _fake_run(folder, recipe: str, steps: int = 4, done: int = 4, val: float = 1.0, **facts):
+    folder.mkdir(parents=True)
+    run = {"recipe": recipe, **{k: 0 for k in train.RUN_KEYS}, "steps": steps, **facts}
+    (folder / "run.json").write_text(json.dumps(run))
+    (folder / "metrics.json").write_text(json.dumps([{"step": done, "train_loss": val, "val_loss": val, "val_bpb": val / 0.69, "tokens_per_s": 1.0}]))
+    return str(folder)
+
+
+def test_bench_accuracy_from_refuses_runs_that_do_not_compare(tmp_path):
+    """``bench_accuracy --from`` builds the table of finished runs trained elsewhere, and refuses, naming the
+    difference: runs with another batch (any of train.RUN_KEYS), an unfinished run, no bf16, a folder without run.json."""
+    from examples import bench_accuracy
+
+    bf16 = _fake_run(tmp_path / "a" / "bf16", "bf16", val=1.0)
+    assert bench_accuracy.main(["--from", bf16, _fake_run(tmp_path / "b" / "quartet", "quartet", val=1.25)]) == {"quartet": 0.25}
+    with pytest.raises(SystemExit, match="not comparable.*batch: 0 vs 8"):
+        bench_accuracy.main(["--from", bf16, _fake_run(tmp_path / "c" / "nvidia", "nvidia", batch=8)])
+    with pytest.raises(SystemExit, match="stopped at step 2 of 4"):
+        bench_accuracy.main(["--from", bf16, _fake_run(tmp_path / "d" / "nvidia", "nvidia", done=2)])
+    with pytest.raises(SystemExit, match="no bf16 run"):
+        bench_accuracy.main(["--from", _fake_run(tmp_path / "e" / "nvidia", "nvidia")])
+    (tmp_path / "f").mkdir()
+    with pytest.raises(SystemExit, match="no run.json"):
+        bench_accuracy.main(["--from", bf16, str(tmp_path / "f")])
+
+
+def test_bench_accuracy_without_bf16_leaves_its_runs_for_from(capsys):
+    """``--no-bf16`` (runs split over several GPU calls): no table without the baseline, and the message says how to
+    combine the runs."""
+    import argparse
+
+    from examples import bench_accuracy
+
+    summaries = [{"recipe": "quartet2", "out": "runs/a/quartet2", "val_loss": 1.0}]
+    assert bench_accuracy.report(summaries, argparse.Namespace(table=None, plot=None)) == {}
+    assert "--from runs/a/quartet2" in capsys.readouterr().out
 
 
 def test_default_corpus_continues_into_site_packages_when_the_stdlib_is_short(tmp_path, monkeypatch):
