@@ -876,6 +876,9 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     write_s32 = is_nv or keep_packed
     s32 = torch.empty(1, device=device, dtype=torch.float32) if write_s32 else placeholder(torch.float32, device)
     alpha_out = torch.empty((), device=device, dtype=torch.float32) if is_nv else placeholder(torch.float32, device)
+    if write_s32 and (r == 0 or k_out == 0):  # an empty tensor launches no program: its tensor scale is 1, as the reference's
+        s32.fill_(1.0)
+        alpha_out.fill_(quantizer.factor)
     empty8 = placeholder(torch.uint8, device)  # outputs this launch does not write (never returned)
     values = VALUE_FORMS.get(form, 0)
     e_r = row_scale = count = empty8

@@ -124,6 +124,16 @@ def test_division_by_a_shared_reciprocal_is_correctly_rounded():
     assert torch.equal(out.cpu()[normal], want[normal])
 
 
+@pytest.mark.parametrize("name", ["nvfp4_rtn", "nvfp4_ms_eden", "mxfp4_quest"])
+def test_empty_input_has_the_reference_tensor_scale(name):
+    """No rows: no program runs, and the tensor scale (written by the kernel otherwise) is the reference's 1."""
+    q = f4.get_quantizer(name)
+    _, m = _rot("random_hadamard-128" if name == "nvfp4_ms_eden" else None)
+    kq, _ = _kernel()(torch.randn(0, 256).to(DEV), q, m, seed=0)
+    ref = q.quantize(torch.randn(0, 256), 0)
+    assert kq.codes.shape == ref.codes.shape and torch.equal(kq.tensor_scale.cpu().reshape(()), ref.tensor_scale.reshape(()).float())
+
+
 def test_rtn_ties_and_neighbours_bit_exact():
     """Scaled values exactly on E2M1 rounding boundaries (ties go to the even code), one ulp either side,
     +-0 and the grid points: the kernel's magic-number rounding and bit-read codes equal the reference's."""
