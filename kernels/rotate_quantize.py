@@ -603,6 +603,7 @@ class KernelRule:
         return float32_reciprocal(self.scales_max * self.val_max)
 
 
+@functools.lru_cache(maxsize=64)
 def float32_reciprocal(value: float) -> float:
     """RN(1 / v) in float32 for v rounded to float32 (IEEE division on the host's float32 tensors)."""
     return float(torch.ones((), dtype=torch.float32) / torch.tensor(value, dtype=torch.float32))
