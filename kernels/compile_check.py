@@ -57,7 +57,7 @@ def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, pr
                       ROW_ITERS=tile.row_iters)
     types = {**_SOURCE_TYPES, "amax_ptr": "*fp32", "s32_ptr": "*fp32", "alpha_out_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32",
              "mask_ptr": "*u8", "val_max": "fp32", "ts_den": "fp32", "inv_val_max": "fp32",
-             "inv_ts_den": "fp32", "factor": "fp32",
+             "inv_ts_den": "fp32", "factor": "fp32", "scratch_ptr": "*fp32",
              "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "rs_ptr": "*fp32", "count_ptr": "*i64", "seed_ptr": "*i64"}
     return _compile(quantize_kernel, constexprs, types, capability, as_launched=as_launched, num_warps=tile.num_warps), tile
 

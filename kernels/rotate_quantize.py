@@ -365,6 +365,75 @@ def stats_kernel(
 
 
 @triton.jit
+def _nv_group_scales(amax, s32, inv_s32, val_max, inv_val_max):
+    """NVFP4 group scales from the groups' amax (Inf/NaN for a group holding one): (s8 as float32, its E4M3 byte,
+    s8 * s32, RN(1 / (s8 * s32))). s8 = RN_E4M3(amax / val_max / s32), 0 -> 1.0; NaN for an Inf/NaN group."""
+    vs, bs = _e4m3_rn(_div_by(_div_by(amax, val_max, inv_val_max), s32, inv_s32))
+    vs = tl.where(amax < float("inf"), tl.where(bs == 0, 1.0, vs), float("nan"))
+    bs = tl.where(bs == 0, 0x38, bs)
+    ds = vs * s32
+    return vs, bs, ds, _div(1.0, ds)
+
+
+@triton.jit
+def _to_group_per_thread(v, scratch_ptr, slot, pid_k, BLOCK_R: tl.constexpr, NG: tl.constexpr):
+    """The tile's per-group values v [BLOCK_R, NG] as a 1-D [BLOCK_R * NG] tensor (row-major) laid out one group per thread.
+
+    After the Hadamard-128 ``tl.dot`` every group is held by the 4 threads that hold its elements, and Triton keeps
+    that layout for per-group work, which all 4 would then do. A round trip through this program's slice of
+    ``scratch_ptr`` (3 x BLOCK_R x NG float32 per program, ``slot`` 0..2; L1/L2-resident) gives a layout of its own.
+    """
+    n: tl.constexpr = BLOCK_R * NG
+    base = scratch_ptr + ((tl.program_id(0) * tl.num_programs(1) + pid_k) * 3 + slot) * n
+    tl.store(base + tl.arange(0, BLOCK_R)[:, None] * NG + tl.arange(0, NG)[None, :], v)
+    tl.debug_barrier()  # the block's stores are visible to all its threads
+    out = tl.load(base + tl.arange(0, n))
+    tl.debug_barrier()  # every thread has read before the slot is written again (the next use, the next row block)
+    return out
+
+
+@triton.jit
+def _eden_group_scales(amax, scratch_ptr, pid_k, s32, inv_s32, val_max, inv_val_max, BLOCK_R: tl.constexpr, NG: tl.constexpr):
+    """``_nv_group_scales`` once per group (1-D results, row-major), for the rotated tile's layout (``_to_group_per_thread``)."""
+    return _nv_group_scales(_to_group_per_thread(amax, scratch_ptr, 0, pid_k, BLOCK_R, NG), s32, inv_s32, val_max, inv_val_max)
+
+
+@triton.jit
+def _eden_scale_bytes(vs1, num, den, scratch_ptr, us_ptr, row_block, pid_k, R, K_OUT, seed,
+                      GROUP: tl.constexpr, HAS_U: tl.constexpr, BLOCK_R: tl.constexpr, NG: tl.constexpr):
+    """MS-EDEN's corrected scale bytes ``SR_E4M3(s8 * <x, x> / <x, x_hat>)`` of the tile's BLOCK_R x NG groups, as a
+    1-D [BLOCK_R * NG] tensor (row-major), given s8 (vs1, 1-D from ``_eden_group_scales``) and each group's
+    <x, x> (num) and <x, x_hat> (den) [BLOCK_R, NG]; each group's work (an IEEE division, two E4M3 roundings, a
+    hash) done once (``_to_group_per_thread``).
+    """
+    i = tl.arange(0, BLOCK_R * NG)
+    num1 = _to_group_per_thread(num, scratch_ptr, 1, pid_k, BLOCK_R, NG)
+    den1 = _to_group_per_thread(den, scratch_ptr, 2, pid_k, BLOCK_R, NG)
+    corr = tl.where(den1 > 0, _div(num1, den1), 1.0)
+    c = vs1 * corr
+    rn_val, rn_b = _e4m3_rn(c)
+    rn_i = rn_b.to(tl.int32)
+    other = tl.where(rn_val > c, rn_i - 1, rn_i + 1)
+    other = tl.minimum(tl.maximum(other, 0), 0x7E)
+    other_val = _e4m3_from_byte(other)
+    down = tl.minimum(rn_val, other_val)
+    up = tl.maximum(rn_val, other_val)
+    # up - down is one E4M3 quantum, a power of two >= 2^-9: dividing is multiplying by its exact reciprocal
+    p_up = tl.where(up > down, (c - down) * _pow2(-_exp_floor(up - down)), 0.0)
+    p_up = tl.minimum(tl.maximum(p_up, 0.0), 1.0)
+    row = row_block * BLOCK_R + i // NG
+    gidx = row * (K_OUT // GROUP) + pid_k * NG + i % NG
+    if HAS_U:
+        us = tl.load(us_ptr + gidx, mask=row < R, other=0.0)
+    else:
+        us = _uniform(seed ^ _SCALE_SALT, gidx)
+    chosen = tl.where(us < p_up, tl.maximum(rn_i, other), tl.minimum(rn_i, other))
+    keep = ~(c < float("inf")) | (c < 0.015625) | (c >= 448.0) | (rn_val == c)
+    new_b = tl.where(keep, rn_i, chosen)
+    return tl.where(c < float("inf"), new_b, 0x7F)
+
+
+@triton.jit
 def quantize_kernel(
     # input (any strides), times alpha_ptr[0] with SCALED (a saved FP4 tensor's BF16 block values)
     x_ptr, stride_r, stride_k, alpha_ptr,
@@ -372,6 +441,8 @@ def quantize_kernel(
     h_ptr, rot_scale, amax_ptr, s32_ptr, alpha_out_ptr, u_ptr, us_ptr, codes_ptr, scales_ptr, mask_ptr,
     # GEMM-ready values (VALUES = 1: folded FP8 bytes, row exponents in, row scales out, unfoldable count; 2: BF16)
     values_ptr, er_ptr, rs_ptr, count_ptr,
+    # MS-EDEN: 3 x BLOCK_R x NG float32 per program for its per-group work (_eden_scale_bytes)
+    scratch_ptr,
     # the seed: seed_ptr[0] ^ seed_salt, low 31 bits (a step's seed on the device; SR and EDEN's scale SR)
     R, K, K_OUT, seed_ptr, seed_salt,
     # NVFP4: val_max for RTN / EDEN, scales_max * val_max (s32 = amax / it), their float32 reciprocals RN(1 / .), the factor
@@ -450,12 +521,15 @@ def quantize_kernel(
                 cmag = tl.reshape(tl.where(pick4[:, :, None], c4, c6), (BLOCK_R, BLOCK_K))
                 q = tl.reshape(tl.where(pick4[:, :, None], q4, q6), (BLOCK_R, BLOCK_K))
             else:
-                vs, bs = _e4m3_rn(_div_by(_div_by(amax, val_max, inv_val_max), s32, inv_s32))
-                vs = tl.where(bad, float("nan"), tl.where(bs == 0, 1.0, vs))
-                bs = tl.where(bs == 0, 0x38, bs)
+                if RULE == NV_EDEN:  # each group's scale once per group (1-D, one group per thread: _to_group_per_thread)
+                    vs, bs, ds, inv_ds = _eden_group_scales(amax, scratch_ptr, pid_k, s32, inv_s32, val_max, inv_val_max, BLOCK_R, NG)
+                    bs = tl.reshape(bs, (BLOCK_R, NG))
+                    ds = tl.reshape(ds, (BLOCK_R, NG))
+                    inv_ds = tl.reshape(inv_ds, (BLOCK_R, NG))
+                else:
+                    vs, bs, ds, inv_ds = _nv_group_scales(amax, s32, inv_s32, val_max, inv_val_max)
                 byte = bs.to(tl.int32)
-                ds = vs * s32
-                scaled = _div_by(xg, ds[:, :, None], _div(1.0, ds)[:, :, None])
+                scaled = _div_by(xg, ds[:, :, None], inv_ds[:, :, None])
                 scaled2 = tl.reshape(scaled, (BLOCK_R, BLOCK_K))
                 mag = _clamp_mag(scaled2)
                 cmag, q = _round(mag, u_ptr, elem, (r2 < R) & (k2 < K_OUT), seed, SR, HAS_U)
@@ -464,28 +538,11 @@ def quantize_kernel(
                     qs = tl.where(scaled2 < 0, -q, q)
                     num = tl.sum(tl.reshape(scaled2 * scaled2, (BLOCK_R, BLOCK_K // CORR, CORR)), axis=2)
                     den = tl.sum(tl.reshape(scaled2 * qs, (BLOCK_R, BLOCK_K // CORR, CORR)), axis=2)
-                    corr = tl.where(den > 0, _div(num, den), 1.0)
-                    corr_g = tl.reshape(tl.broadcast_to(corr[:, :, None], (BLOCK_R, BLOCK_K // CORR, CORR // GROUP)), (BLOCK_R, NG))
-                    c = vs * corr_g
-                    rn_val, rn_b = _e4m3_rn(c)
-                    rn_i = rn_b.to(tl.int32)
-                    other = tl.where(rn_val > c, rn_i - 1, rn_i + 1)
-                    other = tl.minimum(tl.maximum(other, 0), 0x7E)
-                    other_val = _e4m3_from_byte(other)
-                    down = tl.minimum(rn_val, other_val)
-                    up = tl.maximum(rn_val, other_val)
-                    # up - down is one E4M3 quantum, a power of two >= 2^-9: dividing is multiplying by its exact reciprocal
-                    p_up = tl.where(up > down, (c - down) * _pow2(-_exp_floor(up - down)), 0.0)
-                    p_up = tl.minimum(tl.maximum(p_up, 0.0), 1.0)
-                    gidx = rows[:, None] * (K_OUT // GROUP) + (pid_k * NG + tl.arange(0, NG))[None, :]
-                    if HAS_U:
-                        us = tl.load(us_ptr + gidx, mask=rows[:, None] < R, other=0.0)
-                    else:
-                        us = _uniform(seed ^ _SCALE_SALT, gidx)
-                    chosen = tl.where(us < p_up, tl.maximum(rn_i, other), tl.minimum(rn_i, other))
-                    keep = ~(c < float("inf")) | (c < 0.015625) | (c >= 448.0) | (rn_val == c)
-                    new_b = tl.where(keep, rn_i, chosen)
-                    byte = tl.where(c < float("inf"), new_b, 0x7F)
+                    PER: tl.constexpr = CORR // GROUP  # num and den per scale group (equal within a correction group)
+                    num_g = tl.reshape(tl.broadcast_to(num[:, :, None], (BLOCK_R, BLOCK_K // CORR, PER)), (BLOCK_R, NG))
+                    den_g = tl.reshape(tl.broadcast_to(den[:, :, None], (BLOCK_R, BLOCK_K // CORR, PER)), (BLOCK_R, NG))
+                    byte = tl.reshape(_eden_scale_bytes(vs, num_g, den_g, scratch_ptr, us_ptr, row_block, pid_k, R, K_OUT, seed,
+                                                        GROUP, HAS_U, BLOCK_R, NG), (BLOCK_R, NG))
             byte = tl.where(bad, 0x7F, byte)
             codes = _signed_codes(cmag, scaled2, bad2)
 
@@ -900,9 +957,12 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     u_elem = u_elem.to(device).contiguous() if u_elem is not None else placeholder(torch.float32, device)
     u_scale = u_scale.to(device).contiguous() if u_scale is not None else placeholder(torch.float32, device)
     seed_ptr, seed_salt = kernel_seed(seed, device)
+    scratch = placeholder(torch.float32, device)
+    if rule.rule == NV_EDEN.value:  # per program: 3 floats per scale group of its tile (_eden_scale_bytes)
+        scratch = torch.empty(grid[0] * grid[1] * 3 * block_r * (block_k // group), dtype=torch.float32, device=device)
     quantize_kernel[grid](
         *source, amax, s32, alpha_out, u_elem, u_scale, codes, scales, mask,
-        out_values, e_r, row_scale, count,
+        out_values, e_r, row_scale, count, scratch,
         r, k, k_out, seed_ptr, seed_salt, rule.val_max, rule.scales_max * rule.val_max, rule.inv_val_max, rule.inv_ts_den, quantizer.factor,
         RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
         WRITE_PACKED=keep_packed, VALUES=values, SCALES_IN=scales_in, WRITE_S32=write_s32, **common, **_NO_FMA,
