@@ -22,7 +22,10 @@ The kernels are bound by instruction issue, not memory (Nsight Compute, docs/per
 arithmetic is written for few instructions (``python -m fp4compile.kernels.instruction_count`` counts
 them) while computing the reference's FP32 results exactly: rounding onto the E2M1 grid by one add of a
 magic number, codes and E4M3 bytes from FP32 bits, division by a power-of-two scale as multiplication by its
-exact reciprocal, other divisions IEEE (``div_rn``; Triton's float32 ``/`` is not). So codes and scales
+exact reciprocal, division by an NVFP4 group's scale as one IEEE reciprocal per group and Markstein's FMA
+correction per element (``_div_by``: correctly rounded), other divisions IEEE (``div_rn``; Triton's float32
+``/`` is not). Per-group work is done once per group where the rotation's layout would repeat it on the 4
+threads that share a group (MS-EDEN: ``_to_group_per_thread``). So codes and scales
 match the reference bit for bit for non-rotating deterministic rules; with a rotation the FP32 sums of the matmul may differ from the
 reference's in the last bit, which flips a code only when a value sits on a rounding boundary (tests
 measure the rate). Stochastic rounding draws the reference's counter-based uniforms (``seeds.uniforms``: a
