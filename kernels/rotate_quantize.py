@@ -25,7 +25,7 @@ magic number, codes and E4M3 bytes from FP32 bits, division by a power-of-two sc
 exact reciprocal, division by an NVFP4 group's scale as one IEEE reciprocal per group and Markstein's FMA
 correction per element (``_div_by``: correctly rounded), other divisions IEEE (``div_rn``; Triton's float32
 ``/`` is not). Per-group work is done once per group where the rotation's layout would repeat it on the 4
-threads that share a group (MS-EDEN: ``_to_group_per_thread``). So codes and scales
+threads that share a group (NVFP4 after a rotation: ``_to_group_per_thread``). So codes and scales
 match the reference bit for bit for non-rotating deterministic rules; with a rotation the FP32 sums of the matmul may differ from the
 reference's in the last bit, which flips a code only when a value sits on a rounding boundary (tests
 measure the rate). Stochastic rounding draws the reference's counter-based uniforms (``seeds.uniforms``: a
@@ -382,7 +382,7 @@ def _nv_group_scales(amax, s32, inv_s32, val_max, inv_val_max):
 def _to_group_per_thread(v, scratch_ptr, slot, pid_k, BLOCK_R: tl.constexpr, NG: tl.constexpr):
     """The tile's per-group values v [BLOCK_R, NG] as a 1-D [BLOCK_R * NG] tensor (row-major) laid out one group per thread.
 
-    After the Hadamard-128 ``tl.dot`` every group is held by the 4 threads that hold its elements, and Triton keeps
+    After a rotation's ``tl.dot`` every group is held by the 4 threads that hold its elements, and Triton keeps
     that layout for per-group work, which all 4 would then do. A round trip through this program's slice of
     ``scratch_ptr`` (3 x BLOCK_R x NG float32 per program, ``slot`` 0..2; L1/L2-resident) gives a layout of its own.
     """
@@ -396,8 +396,8 @@ def _to_group_per_thread(v, scratch_ptr, slot, pid_k, BLOCK_R: tl.constexpr, NG:
 
 
 @triton.jit
-def _eden_group_scales(amax, scratch_ptr, pid_k, s32, inv_s32, val_max, inv_val_max, BLOCK_R: tl.constexpr, NG: tl.constexpr):
-    """``_nv_group_scales`` once per group (1-D results, row-major), for the rotated tile's layout (``_to_group_per_thread``)."""
+def _rotated_group_scales(amax, scratch_ptr, pid_k, s32, inv_s32, val_max, inv_val_max, BLOCK_R: tl.constexpr, NG: tl.constexpr):
+    """``_nv_group_scales`` once per group (1-D results, row-major), for a rotated tile's layout (``_to_group_per_thread``)."""
     return _nv_group_scales(_to_group_per_thread(amax, scratch_ptr, 0, pid_k, BLOCK_R, NG), s32, inv_s32, val_max, inv_val_max)
 
 
@@ -405,7 +405,7 @@ def _eden_group_scales(amax, scratch_ptr, pid_k, s32, inv_s32, val_max, inv_val_
 def _eden_scale_bytes(vs1, num, den, scratch_ptr, us_ptr, row_block, pid_k, R, K_OUT, seed,
                       GROUP: tl.constexpr, HAS_U: tl.constexpr, BLOCK_R: tl.constexpr, NG: tl.constexpr):
     """MS-EDEN's corrected scale bytes ``SR_E4M3(s8 * <x, x> / <x, x_hat>)`` of the tile's BLOCK_R x NG groups, as a
-    1-D [BLOCK_R * NG] tensor (row-major), given s8 (vs1, 1-D from ``_eden_group_scales``) and each group's
+    1-D [BLOCK_R * NG] tensor (row-major), given s8 (vs1, 1-D from ``_rotated_group_scales``) and each group's
     <x, x> (num) and <x, x_hat> (den) [BLOCK_R, NG]; each group's work (an IEEE division, two E4M3 roundings, a
     hash) done once (``_to_group_per_thread``).
     """
@@ -444,7 +444,7 @@ def quantize_kernel(
     h_ptr, rot_scale, amax_ptr, s32_ptr, alpha_out_ptr, u_ptr, us_ptr, codes_ptr, scales_ptr, mask_ptr,
     # GEMM-ready values (VALUES = 1: folded FP8 bytes, row exponents in, row scales out, unfoldable count; 2: BF16)
     values_ptr, er_ptr, rs_ptr, count_ptr,
-    # MS-EDEN: 3 x BLOCK_R x NG float32 per program for its per-group work (_eden_scale_bytes)
+    # NVFP4 after a rotation: 3 x BLOCK_R x NG float32 per program for the per-group work (_to_group_per_thread)
     scratch_ptr,
     # the seed: seed_ptr[0] ^ seed_salt, low 31 bits (a step's seed on the device; SR and EDEN's scale SR)
     R, K, K_OUT, seed_ptr, seed_salt,
@@ -524,8 +524,8 @@ def quantize_kernel(
                 cmag = tl.reshape(tl.where(pick4[:, :, None], c4, c6), (BLOCK_R, BLOCK_K))
                 q = tl.reshape(tl.where(pick4[:, :, None], q4, q6), (BLOCK_R, BLOCK_K))
             else:
-                if RULE == NV_EDEN:  # each group's scale once per group (1-D, one group per thread: _to_group_per_thread)
-                    vs, bs, ds, inv_ds = _eden_group_scales(amax, scratch_ptr, pid_k, s32, inv_s32, val_max, inv_val_max, BLOCK_R, NG)
+                if G > 0:  # after a rotation: each group's scale once per group (1-D, one group per thread: _to_group_per_thread)
+                    vs, bs, ds, inv_ds = _rotated_group_scales(amax, scratch_ptr, pid_k, s32, inv_s32, val_max, inv_val_max, BLOCK_R, NG)
                     bs = tl.reshape(bs, (BLOCK_R, NG))
                     ds = tl.reshape(ds, (BLOCK_R, NG))
                     inv_ds = tl.reshape(inv_ds, (BLOCK_R, NG))
@@ -544,7 +544,7 @@ def quantize_kernel(
                     PER: tl.constexpr = CORR // GROUP  # num and den per scale group (equal within a correction group)
                     num_g = tl.reshape(tl.broadcast_to(num[:, :, None], (BLOCK_R, BLOCK_K // CORR, PER)), (BLOCK_R, NG))
                     den_g = tl.reshape(tl.broadcast_to(den[:, :, None], (BLOCK_R, BLOCK_K // CORR, PER)), (BLOCK_R, NG))
-                    byte = tl.reshape(_eden_scale_bytes(vs, num_g, den_g, scratch_ptr, us_ptr, row_block, pid_k, R, K_OUT, seed,
+                    byte = tl.reshape(_eden_scale_bytes(tl.reshape(vs, (BLOCK_R * NG,)), num_g, den_g, scratch_ptr, us_ptr, row_block, pid_k, R, K_OUT, seed,
                                                         GROUP, HAS_U, BLOCK_R, NG), (BLOCK_R, NG))
             byte = tl.where(bad, 0x7F, byte)
             codes = _signed_codes(cmag, scaled2, bad2)
@@ -961,7 +961,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     u_scale = u_scale.to(device).contiguous() if u_scale is not None else placeholder(torch.float32, device)
     seed_ptr, seed_salt = kernel_seed(seed, device)
     scratch = placeholder(torch.float32, device)
-    if rule.rule == NV_EDEN.value:  # per program: 3 floats per scale group of its tile (_eden_scale_bytes)
+    if is_nv and (g > 0 or rule.rule == NV_EDEN.value):  # per program: 3 floats per scale group of its tile (_to_group_per_thread)
         scratch = torch.empty(grid[0] * grid[1] * 3 * block_r * (block_k // group), dtype=torch.float32, device=device)
     quantize_kernel[grid](
         *source, amax, s32, alpha_out, u_elem, u_scale, codes, scales, mask,
