@@ -504,16 +504,10 @@ def quantize_kernel(
             s32 = tl.where(amax_t > 0, _div_by(amax_t, ts_den, inv_ts_den), 1.0)  # the reference's tensor_scale (1 for an all-zero tensor)
             inv_s32 = _div(1.0, s32)  # per program: the group scales' divisions by s32 become _div_by's FMAs
             if RULE == NV_4OVER6:
-                v6, b6 = _e4m3_rn(_div_by(_div_by(amax, 6.0, _INV6), s32, inv_s32))
-                v6 = tl.where(bad, float("nan"), tl.where(b6 == 0, 1.0, v6))
-                b6 = tl.where(b6 == 0, 0x38, b6)
-                v4, b4 = _e4m3_rn(_div_by(amax * 0.25, s32, inv_s32))  # amax / 4 exactly (a power of two)
-                v4 = tl.where(bad, float("nan"), tl.where(b4 == 0, 1.0, v4))
-                b4 = tl.where(b4 == 0, 0x38, b4)
-                d6 = v6 * s32
-                d4 = v4 * s32
-                sc6 = _div_by(xg, d6[:, :, None], _div(1.0, d6)[:, :, None])
-                sc4 = _div_by(xg, d4[:, :, None], _div(1.0, d4)[:, :, None])
+                _, b6, d6, inv_d6 = _nv_group_scales(amax, s32, inv_s32, 6.0, _INV6)
+                _, b4, d4, inv_d4 = _nv_group_scales(amax, s32, inv_s32, 4.0, 0.25)  # 1/4 exact: amax / 4 as amax * 0.25
+                sc6 = _div_by(xg, d6[:, :, None], inv_d6[:, :, None])
+                sc4 = _div_by(xg, d4[:, :, None], inv_d4[:, :, None])
                 c6, q6 = _rtn_code(_clamp_mag(sc6))
                 c4, q4 = _rtn_code(_clamp_mag(sc4))
                 err6 = xg - tl.where(sc6 < 0, -q6, q6) * d6[:, :, None]
@@ -915,9 +909,9 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     k_out = -(-k // multiple) * multiple
     trans_load = stride_r == 1 and stride_k != 1  # r is the contiguous axis: load [K, R] tiles
     rows_multiple = 16 if rule.rule == NV_RTN16.value else 1  # its scales cover 16 x 16 blocks, which must not straddle programs
-    if tile is not None:
-        Tile(*tile).check()
-    block_r, largest_k, num_warps, row_iters = Tile(*tile) if tile else default_tile(g, trans_load, rows_multiple)
+    tile = Tile(*tile) if tile is not None else default_tile(g, trans_load, rows_multiple)
+    tile.check()
+    block_r, largest_k, num_warps, row_iters = tile
     if block_r % rows_multiple:
         raise ValueError(f"quantize kernel: {quantizer.name} takes tiles of a multiple of {rows_multiple} rows; got block_r={block_r}")
     block_k = _block_k(k_out, max(group, g, 16), max(largest_k, group, g, 16))
