@@ -123,10 +123,7 @@ def read_runs(folders: list[str]) -> list[dict]:
         if not metrics or metrics[-1]["step"] != facts["steps"]:
             done = metrics[-1]["step"] if metrics else 0
             raise SystemExit(f"--from {folder}: the {facts['recipe']} run stopped at step {done} of {facts['steps']}")
-        last = metrics[-1]
-        summaries.append({"recipe": facts["recipe"], "out": str(folder), "steps": facts["steps"], "val_loss": last["val_loss"],
-                          "val_bpb": last["val_bpb"], "train_loss": last["train_loss"], "tokens_per_s": last["tokens_per_s"],
-                          "losses": [], "metrics": metrics, "facts": facts})
+        summaries.append(train.run_summary(facts["recipe"], folder, facts["steps"], metrics, [], facts=facts))
     recipes = [s["recipe"] for s in summaries]
     twice = sorted({r for r in recipes if recipes.count(r) > 1})
     if twice:

@@ -435,12 +435,15 @@ def train_one(recipe: str, args, data: tuple[torch.Tensor, torch.Tensor] | None 
         write_metrics(out, metrics)
     checkpoint(max(start_step, args.steps))
     plot = plot_losses(out, recipe, losses, metrics) if main_rank else None
+    return run_summary(recipe, out, max(start_step, args.steps), metrics, losses, params=count_params(model),
+                       plot=str(plot) if plot else None)
+
+
+def run_summary(recipe: str, out: str | Path, steps: int, metrics: list[dict], losses: list[float], **extra) -> dict:
+    """A run's summary: the last evaluation's numbers, the per-step losses and every evaluation (plus ``extra``)."""
     last = metrics[-1] if metrics else {}
-    return {
-        "recipe": recipe, "out": str(out), "steps": max(start_step, args.steps), "params": count_params(model),
-        "val_loss": last.get("val_loss"), "val_bpb": last.get("val_bpb"), "train_loss": last.get("train_loss"),
-        "tokens_per_s": last.get("tokens_per_s"), "losses": losses, "metrics": metrics, "plot": str(plot) if plot else None,
-    }
+    return {"recipe": recipe, "out": str(out), "steps": steps, "val_loss": last.get("val_loss"), "val_bpb": last.get("val_bpb"),
+            "train_loss": last.get("train_loss"), "tokens_per_s": last.get("tokens_per_s"), "losses": losses, "metrics": metrics, **extra}
 
 
 def load_summary(out: str | Path, recipe: str | None = None) -> dict:
@@ -449,12 +452,7 @@ def load_summary(out: str | Path, recipe: str | None = None) -> dict:
     out = Path(out)
     ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
     metrics = json.loads((out / "metrics.json").read_text())
-    last = metrics[-1] if metrics else {}
-    return {
-        "recipe": recipe or ckpt["recipe"], "out": str(out), "steps": ckpt["step"], "val_loss": last.get("val_loss"),
-        "val_bpb": last.get("val_bpb"), "train_loss": last.get("train_loss"), "tokens_per_s": last.get("tokens_per_s"),
-        "losses": ckpt["losses"], "metrics": metrics,
-    }
+    return run_summary(recipe or ckpt["recipe"], out, ckpt["step"], metrics, ckpt["losses"])
 
 
 def print_comparison(summaries: list[dict]) -> None:
