@@ -9,6 +9,7 @@
 #                                                  (TPP=10: tokens per parameter instead of steps; PARALLEL=4: four recipes at
 #                                                  a time, one per GPU, slowest first; RECIPES=a,b: those and bf16, ACC_ARGS=--no-bf16
 #                                                  without it; ends by second ACC_END=590); runs in accuracy_runs.tgz for --from
+#   LANES='nvidia,kernels|bf16,tests' bash scripts/device_check.sh lanes  # one lane per GPU, side by side: 20-tpp accuracy runs, tests, ...
 #   bash scripts/device_check.sh accseeds  # (2 GPUs) bench_accuracy for RECIPES (bf16,quartet2,nvidia) under SEEDS (1 2), one seed per GPU
 #   bash scripts/device_check.sh train   # bench_train.py: ~1B training step throughput and memory vs BF16 and torchao
 #   bash scripts/device_check.sh train2  # GPU tests named in TESTS, the 1B step with CUDA graphs, a 20m tokens/s probe
@@ -68,6 +69,32 @@ case "${1:-tests}" in
     timeout $((${ACC_END:-590} - SECONDS)) python3 examples/bench_accuracy.py $size_args --batch 128 --parallel "${PARALLEL:-1}" ${RECIPES:+--recipes $RECIPES} ${ACC_ARGS:-} --out /tmp/accuracy \
       --table "$OUT/accuracy.md" --plot "$OUT/accuracy.png" 2>&1 | grep -v -i warn | tee "$OUT/accuracy.log" | grep -v "it/s\]" | tail -30
     bundle_runs /tmp/accuracy "$OUT/accuracy_runs.tgz"
+    ;;
+  lanes)  # several GPUs' work side by side, one lane per GPU: LANES='nvidia,kernels|bf16,tests,profile' (a lane's items in
+          # order: a recipe = its accuracy run at TPP tokens per parameter, default 20; tests = TESTS; kernels = the kernel
+          # bandwidth table; profile = the 20m step of PROFILE_RECIPES under CUDA graphs); each lane's runs come back in
+          # accuracy_lane<i>.tgz, to join by `bench_accuracy.py --from`; everything ends by second ACC_END=590
+    IFS='|' read -ra lanes <<< "${LANES:?LANES='recipe,...|recipe,...' (one lane per GPU)}"
+    left() { echo $((${ACC_END:-590} - SECONDS - ${1:-0})); }
+    for i in "${!lanes[@]}"; do
+      (export CUDA_VISIBLE_DEVICES=$i
+       for item in ${lanes[$i]//,/ }; do
+         case "$item" in
+           tests) timeout "$(left 90)" python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 \
+                    | grep -v DEBUG > "$OUT/pytest.log" ;;
+           kernels) timeout "$(left)" python3 examples/bench_kernels.py > "$OUT/bench_kernels.log" 2>&1 ;;
+           profile) timeout "$(left)" python3 examples/profile_train.py --size 20m --recipes ${PROFILE_RECIPES:-quartet2} --graphs-only 2>&1 \
+                      | grep -v -i warn > "$OUT/profile_train.log" ;;
+           *) timeout "$(left)" python3 examples/bench_accuracy.py --tokens-per-param ${TPP:-20} --batch 128 --recipes "$item" --no-bf16 \
+                --out /tmp/acc_lane$i 2>&1 | grep -v -i warn | tr '\r' '\n' | grep -v "it/s\]" \
+                | grep -E "accuracy|eval|step .*00/|rror|data|tok/s" >> "$OUT/accuracy_lane$i.log" ;;
+         esac
+       done
+       bundle_runs /tmp/acc_lane$i "$OUT/accuracy_lane$i.tgz") &
+    done
+    wait
+    tail -3 "$OUT/pytest.log" 2>/dev/null; cat "$OUT/bench_kernels.log" "$OUT/profile_train.log" 2>/dev/null
+    for f in "$OUT"/accuracy_lane*.log; do echo "## $f"; grep -E "eval step|rror" "$f" | tail -3; done
     ;;
   accseeds)  # more seeds for the closest recipes: bench_accuracy (TPP, RECIPES) once per seed in SEEDS, one seed per GPU, at once
     i=0
