@@ -48,6 +48,11 @@ bundle_runs() {
   done
   tar czf "$dst" -C "$b" .
 }
+# bench_accuracy's console output as a log: no warnings or progress-bar frames; the header, data, every 100th step,
+# evaluations, errors and the table
+accuracy_log_lines() {
+  grep -v -i warn | tr '\r' '\n' | grep -v "it/s\]" | grep -E "accuracy|data|eval|step .*00/|rror|\|"
+}
 case "${1:-tests}" in
   tests)
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -25
@@ -87,8 +92,7 @@ case "${1:-tests}" in
            profile) timeout "$(left)" python3 examples/profile_train.py --size 20m --recipes ${PROFILE_RECIPES:-quartet2} --graphs-only 2>&1 \
                       | grep -v -i warn > "$OUT/profile_train.log" ;;
            *) timeout "$(left)" python3 examples/bench_accuracy.py --tokens-per-param ${TPP:-20} --batch 128 --recipes "$item" --no-bf16 \
-                --out /tmp/acc_lane$i 2>&1 | grep -v -i warn | tr '\r' '\n' | grep -v "it/s\]" \
-                | grep -E "accuracy|eval|step .*00/|rror|data|tok/s" >> "$OUT/accuracy_lane$i.log" ;;
+                --out /tmp/acc_lane$i 2>&1 | accuracy_log_lines >> "$OUT/accuracy_lane$i.log" ;;
          esac
        done
        bundle_runs /tmp/acc_lane$i "$OUT/accuracy_lane$i.tgz") &
@@ -102,7 +106,7 @@ case "${1:-tests}" in
     for s in ${SEEDS:-1 2}; do
       (CUDA_VISIBLE_DEVICES=$i timeout $((${ACC_END:-580} - SECONDS)) python3 examples/bench_accuracy.py --tokens-per-param ${TPP:-6} --batch 128 \
         --seed "$s" --recipes ${RECIPES:-bf16,quartet2,nvidia} --out /tmp/acc_s$s --table "$OUT/accuracy_seed$s.md" 2>&1 \
-        | grep -v -i warn | tr '\r' '\n' | grep -v "it/s\]" | grep -E "accuracy|eval|step .*00/|rror|warn|\|" > "$OUT/accuracy_seed$s.log") &
+        | accuracy_log_lines > "$OUT/accuracy_seed$s.log") &
       i=$((i + 1))
     done
     wait
