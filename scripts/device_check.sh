@@ -14,6 +14,7 @@
 #   bash scripts/device_check.sh train   # bench_train.py: ~1B training step throughput and memory vs BF16 and torchao
 #   bash scripts/device_check.sh train2  # GPU tests named in TESTS, the 1B step with CUDA graphs, a 20m tokens/s probe
 #   bash scripts/device_check.sh final   # the GPU test suite, then the 1B table with and without CUDA graphs
+#   bash scripts/device_check.sh tables  # bench_linear --cudagraphs (7B shapes), then bench_train --cudagraphs (1B; RECIPES + float8 rowwise)
 #   bash scripts/device_check.sh speed   # kernel bandwidth (3 interleaved rounds), then the 1B step of every recipe + float8 row-wise, CUDA graphs
 #   bash scripts/device_check.sh multigpu  # (2 GPUs) 20m quartet: 1 GPU, another seed, DDP and FSDP2 on 2, compared
 #   bash scripts/device_check.sh ncu     # kernel bandwidth, then Nsight Compute counters of every quantize launch (one each)
@@ -207,6 +208,11 @@ case "${1:-tests}" in
     done
     timeout ${PROFILE_S:-330} python3 examples/profile_train.py --size ${SIZE:-20m} --recipes ${RECIPES:-bf16,quartet,quartet2} ${PROFILE_ARGS:-} 2>&1 \
       | grep -v -i warn | tee "$OUT/profile_train.log"
+    ;;
+  tables)  # the two speed tables on the current code in one call: linear layer at the 7B shapes, then the 1B step
+    timeout 320 python3 examples/bench_linear.py --cudagraphs 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
+    timeout $((${TABLES_END:-575} - SECONDS)) python3 examples/bench_train.py --cudagraphs --recipes ${RECIPES:-quartet,quartet2,nvidia} \
+      --float8 rowwise --warmup 2 --steps 5 --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -12
     ;;
   all)  # kernel tests, kernel bandwidth (with the tile sweep), then the linear-layer table
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8
