@@ -35,6 +35,8 @@ CASES = [
     ("quartet2 bwd Xq^T requant (packed) -> bf16", "nvfp4_ms_eden", "random_hadamard-128", "packed:nvfp4_4over6", "bf16", False),
     ("nvidia fwd X: RTN -> bf16 + packed", "nvfp4_rtn", None, "dense", "bf16", True),
     ("nvidia bwd E: SR -> bf16", "nvfp4_sr", None, "dense", "bf16", False),
+    ("nvidia bwd E^T: RHT16+SR (transposed read) -> bf16", "nvfp4_sr", "random_hadamard-16", "transposed", "bf16", False),
+    ("nvidia bwd X^T: RHT16+RTN (transposed read) -> bf16", "nvfp4_rtn", "random_hadamard-16", "transposed", "bf16", False),
 ]
 
 
@@ -56,12 +58,13 @@ SWEEP_TILES = [Tile(r, k, w) for r, k, w in ((8, 128, 2), (8, 128, 4), (16, 128,
 
 
 def parse_tiles(spec: str) -> list[Tile]:
-    """``"64x128x4,64x128x4x4"`` (rows x K x warps [x row blocks per program], comma-separated) -> tiles, each checked."""
+    """``"64x128x4,64x128x4x4,64x64x4x1x128"`` (rows x K x warps [x row blocks per program [x register cap]],
+    comma-separated) -> tiles, each checked."""
     tiles = []
     for item in filter(None, spec.split(",")):
         parts = item.split("x")
-        if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts):
-            raise SystemExit(f"--tiles: {item!r} is not ROWSxKxWARPS[xITERS] (e.g. 64x128x4 or 64x128x4x4)")
+        if len(parts) not in (3, 4, 5) or not all(p.isdigit() for p in parts):
+            raise SystemExit(f"--tiles: {item!r} is not ROWSxKxWARPS[xITERS[xREGISTERS]] (e.g. 64x128x4, 64x128x4x4 or 64x64x4x1x128)")
         tile = Tile(*map(int, parts))
         tile.check()
         tiles.append(tile)
@@ -98,7 +101,7 @@ def main() -> None:
     p.add_argument("--cols", type=int, default=4096)
     p.add_argument("--sweep", action="store_true", help="also time every kernel under every tile size and warp count")
     p.add_argument("--only", default="", help="comma-separated substrings: time only the kernels whose label holds one (e.g. quartet2,nvidia)")
-    p.add_argument("--tiles", default="", help="the sweep's tiles as ROWSxKxWARPS[xITERS],... (default: a fixed list of 13)")
+    p.add_argument("--tiles", default="", help="the sweep's tiles as ROWSxKxWARPS[xITERS[xREGISTERS]],... (default: a fixed list of 13)")
     p.add_argument("--repeat", type=int, default=3,
                    help="time every kernel and the copy this many times, interleaved, and report the medians (the GPU's timings drift)")
     p.add_argument("--once", action="store_true",

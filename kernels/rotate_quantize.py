@@ -98,14 +98,6 @@ def _rtn_code(mag):
 
 
 @triton.jit
-def _grid_code(q):
-    """E2M1 magnitude q on the grid -> code 0..7: 1 -> 2, 1.5 -> 3, 2 -> 4, 3 -> 5, 4 -> 6, 6 -> 7 are
-    ``(bits >> 22) - 252``; 0.5 -> 1 and 0 -> 0 apart."""
-    c = tl.maximum((q.to(tl.int32, bitcast=True) >> 22) - 252, 0)
-    return tl.where(q == 0.5, 1, c)
-
-
-@triton.jit
 def _e2m1_value(c):
     """E2M1 magnitude code 0..7 -> its value as float32: code 2e + m >= 2 is 2^(e-1) (1 + m/2), from bits; 1 -> 0.5, 0 -> 0."""
     bits = (((c >> 1) + 126) << 23) | ((c & 1) << 22)
@@ -113,14 +105,22 @@ def _e2m1_value(c):
 
 
 @triton.jit
-def _e2m1_magnitude_sr(mag, u):
-    """Stochastic rounding between the two E2M1 neighbours of mag in [0, 6]: up with p = (mag-lo)/(hi-lo)."""
-    lo = tl.where(mag < 2.0, tl.floor(mag * 2.0) * 0.5, tl.where(mag < 4.0, tl.floor(mag), tl.floor(mag * 0.5) * 2.0))
-    lo = tl.minimum(lo, 6.0)
-    hi = tl.where(lo < 2.0, lo + 0.5, tl.where(lo < 4.0, lo + 1.0, lo + 2.0))
-    hi = tl.minimum(hi, 6.0)
-    p = tl.where(hi > lo, (mag - lo) / (hi - lo), 0.0)
-    return tl.where(u < p, hi, lo)
+def _sr_code(mag, u):
+    """Stochastic rounding of mag in [0, 6] between its two E2M1 neighbours lo <= mag <= hi, up when u < p with
+    p = (mag - lo) / (hi - lo): (magnitude code 0..7 as int32, its value as float32).
+
+    The grid's step where mag lies is 2^(m - 128) for m = max(mag's biased exponent, 127) (0.5 below 2, 1 below 4,
+    2 up to 6), so with s = mag / step (exact: a power of two) lo = floor(s) * step and p = s - floor(s), both
+    exact: the reference's p, whose subtraction and division by hi - lo are exact too. At mag = 6, p = 0. The
+    code is read off the rounded value's bits (on the grid, 1 -> 2, 1.5 -> 3, 2 -> 4, 3 -> 5, 4 -> 6, 6 -> 7 are
+    ``(bits >> 22) - 252``; 0.5 -> 1 and 0 -> 0 apart): fewer live registers than carrying an integer count.
+    """
+    m = tl.maximum(mag.to(tl.int32, bitcast=True) >> 23, 127)
+    s = mag * ((255 - m) << 23).to(tl.float32, bitcast=True)  # mag / step: times 2^(128 - m)
+    t = tl.floor(s)
+    q = (t + tl.where(u < s - t, 1.0, 0.0)) * ((m - 1) << 23).to(tl.float32, bitcast=True)  # rounded steps times the step
+    c = tl.maximum((q.to(tl.int32, bitcast=True) >> 22) - 252, 0)
+    return tl.where(q == 0.5, 1, c), q
 
 
 @triton.jit
@@ -146,8 +146,7 @@ def _round(mag, u_ptr, elem, in_bounds, seed, SR: tl.constexpr, HAS_U: tl.conste
             u = tl.load(u_ptr + elem, mask=in_bounds, other=0.0)
         else:
             u = _uniform(seed, elem)
-        q = _e2m1_magnitude_sr(mag, u)
-        return _grid_code(q), q
+        return _sr_code(mag, u)
     return _rtn_code(mag)
 
 
@@ -683,7 +682,8 @@ def supports(quantizer: Quantizer) -> bool:
 
 # No FMA contraction: a*b + c must round twice, as in the reference (e.g. QuEST's 0.487 * std + 1e-8 * p).
 # The interpreter takes no compile options.
-_NO_FMA = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"enable_fp_fusion": False}
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+_NO_FMA = {} if INTERPRETED else {"enable_fp_fusion": False}
 
 
 def _block_k(k_out: int, minimum: int, largest: int = 128) -> int:
@@ -695,12 +695,14 @@ def _block_k(k_out: int, minimum: int, largest: int = 128) -> int:
 
 class Tile(NamedTuple):
     """A program's tile and warps: ``block_r`` rows x up to ``block_k`` elements along the quantization axis,
-    for ``row_iters`` consecutive row blocks in turn (the rotation matrix loaded once for all of them)."""
+    for ``row_iters`` consecutive row blocks in turn (the rotation matrix loaded once for all of them), and a cap
+    on the registers per thread (``max_registers``, Triton's ``maxnreg``; 0 leaves them to the compiler)."""
 
     block_r: int
     block_k: int
     num_warps: int
     row_iters: int = 1
+    max_registers: int = 0
 
     def check(self) -> None:
         """Triton's shapes are powers of two: say which field is not, before a compile error would."""
@@ -709,10 +711,20 @@ class Tile(NamedTuple):
                 raise ValueError(f"quantize kernel: {field}={value} must be a power of two >= {low} (tile {tuple(self)})")
         if self.row_iters < 1:
             raise ValueError(f"quantize kernel: row_iters={self.row_iters} must be >= 1 (tile {tuple(self)})")
+        if self.max_registers and not 24 <= self.max_registers <= 255:
+            raise ValueError(f"quantize kernel: max_registers={self.max_registers} must be 0 (the compiler's choice) or 24..255 (tile {tuple(self)})")
 
     def label(self) -> str:
-        """``rows x K / warps`` and ``x iters`` when a program takes several row blocks."""
-        return f"{self.block_r}x{self.block_k}/{self.num_warps}" + (f"x{self.row_iters}" if self.row_iters > 1 else "")
+        """``rows x K / warps``, ``x iters`` when a program takes several row blocks, ``rN`` for a register cap."""
+        return (f"{self.block_r}x{self.block_k}/{self.num_warps}" + (f"x{self.row_iters}" if self.row_iters > 1 else "")
+                + (f"r{self.max_registers}" if self.max_registers else ""))
+
+    def compile_options(self) -> dict:
+        """The quantize kernel's compile options: no FMA contraction (``_NO_FMA``) and the register cap (none
+        under the interpreter, which takes no compile options)."""
+        if INTERPRETED or not self.max_registers:
+            return _NO_FMA
+        return {**_NO_FMA, "maxnreg": self.max_registers}
 
 
 def default_tile(g: int, transposed: bool, rows_multiple: int = 1) -> Tile:
@@ -724,12 +736,14 @@ def default_tile(g: int, transposed: bool, rows_multiple: int = 1) -> Tile:
     the tiles hold ~16 elements per thread (~115 registers instead of ~210; the per-thread overhead adds
     ~20% instructions per element). A transposed read loads the tile's rows as the contiguous axis, so it
     takes 64 of them (128 bytes per load) and a shorter stretch along K. Hadamard-128's ``tl.dot`` needs
-    64 rows of 128 to be fast. Picked from ``bench_kernels.py --sweep`` on an H200 (BENCHMARKS.md).
+    64 rows of 128 to be fast. Picked from ``bench_kernels.py --sweep`` on an H200 (BENCHMARKS.md). A rotated
+    transposed read is capped at 128 registers, which keeps 16 warps per SM: ``nvidia``'s Hadamard-16 E^T kernel
+    wants 141 (12 warps) and spills 4 words under the cap (``instruction_count``).
     """
     if g == 128:
         tile = Tile(64, 128, 4)
     elif transposed:
-        tile = Tile(64, 64, 4)
+        tile = Tile(64, 64, 4, max_registers=128 if g else 0)
     else:
         tile = Tile(16, 128, 4) if g else Tile(8, 128, 4)
     return tile._replace(block_r=-(-tile.block_r // rows_multiple) * rows_multiple)
@@ -911,7 +925,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     rows_multiple = 16 if rule.rule == NV_RTN16.value else 1  # its scales cover 16 x 16 blocks, which must not straddle programs
     tile = Tile(*tile) if tile is not None else default_tile(g, trans_load, rows_multiple)
     tile.check()
-    block_r, largest_k, num_warps, row_iters = tile
+    block_r, largest_k, num_warps, row_iters, _ = tile
     if block_r % rows_multiple:
         raise ValueError(f"quantize kernel: {quantizer.name} takes tiles of a multiple of {rows_multiple} rows; got block_r={block_r}")
     block_k = _block_k(k_out, max(group, g, 16), max(largest_k, group, g, 16))
@@ -962,7 +976,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         out_values, e_r, row_scale, count, scratch,
         r, k, k_out, seed_ptr, seed_salt, rule.val_max, rule.scales_max * rule.val_max, rule.inv_val_max, rule.inv_ts_den, quantizer.factor,
         RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
-        WRITE_PACKED=keep_packed, VALUES=values, SCALES_IN=scales_in, WRITE_S32=write_s32, **common, **_NO_FMA,
+        WRITE_PACKED=keep_packed, VALUES=values, SCALES_IN=scales_in, WRITE_S32=write_s32, **common, **tile.compile_options(),
     )
     # alpha = tensor scale * factor in float32, as the reference forms it (the kernel wrote NVFP4's); MXFP4's tensor
     # scale is 1, so its alpha is the factor alone, kept on the host (a 0-dim CPU tensor: no kernel, no copy)

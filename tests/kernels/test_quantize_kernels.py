@@ -110,7 +110,7 @@ def test_division_by_a_shared_reciprocal_is_correctly_rounded():
     """The NVFP4 rules divide each element by its group's scale as ``_div_by(x, d, RN(1/d))`` (one IEEE
     division per group, an FMA correction per element): equal to IEEE float32 x / d for fresh random x over
     80 binades and divisors with random and all-ones significands, signs of x from the caller (-0 -> +0)."""
-    from tests.kernels.division_kernel import divide_kernel
+    from tests.kernels.helper_kernels import divide_kernel
 
     n = 1 << 16
     x = torch.randn(n) * torch.exp(torch.empty(n).uniform_(-25, 25))
@@ -122,6 +122,33 @@ def test_division_by_a_shared_reciprocal_is_correctly_rounded():
     normal = want.abs() >= torch.finfo(torch.float32).tiny  # subnormal quotients round to code 0 either way
     assert normal.float().mean() > 0.99
     assert torch.equal(out.cpu()[normal], want[normal])
+
+
+def test_stochastic_rounding_at_grid_points_and_boundaries_bit_exact():
+    """The kernels' E2M1 stochastic rounding (``_sr_code``: steps counted on the sub-grid) picks the reference's
+    code for magnitudes on every grid point, one ulp either side, at 6 and 0, subnormal and fresh random ones,
+    with uniforms exactly at the probability of rounding up, one ulp below it, 0 and fresh random ones; the
+    value it returns is the code's."""
+    from tests.kernels.helper_kernels import sr_code_kernel
+
+    grid = formats.e2m1_decode(torch.arange(8, dtype=torch.uint8))
+    mids = (grid[:-1] + grid[1:]) / 2
+    special = torch.cat([grid, mids, torch.nextafter(grid, torch.full((8,), 9.0)).clamp(max=6.0), torch.nextafter(grid, torch.zeros(8)),
+                         torch.tensor([1e-40, 1e-30, 5.999999])])
+    n = 4096
+    mag = torch.cat([special.repeat(16), torch.empty(n - 16 * len(special)).uniform_(0, 6)])
+    lo_idx = (torch.bucketize(mag, grid, right=True) - 1).clamp(0, 7)
+    lo, hi = grid[lo_idx], grid[(lo_idx + 1).clamp(max=7)]
+    p = torch.where(hi > lo, (mag - lo) / (hi - lo), torch.zeros_like(mag))  # the reference's probability of rounding up
+    u = torch.rand(n)
+    pick = torch.randint(4, (n,))
+    u = torch.where(pick == 0, p, torch.where(pick == 1, torch.nextafter(p, torch.zeros(n)), torch.where(pick == 2, torch.zeros(n), u)))
+    code, value = torch.empty(n, dtype=torch.int32, device=DEV), torch.empty(n, device=DEV)
+    sr_code_kernel[(n // 512,)](mag.to(DEV), u.to(DEV), code, value, BLOCK=512)
+    want = formats.e2m1_encode_sr(mag, u).to(torch.int32)
+    assert ((want != lo_idx) & (want != lo_idx + 1)).sum() == 0 and (want != lo_idx).any() and (want == lo_idx).any()  # both ways taken
+    assert torch.equal(code.cpu(), want)
+    assert torch.equal(value.cpu(), grid[want])
 
 
 @pytest.mark.parametrize("name", ["nvfp4_rtn", "nvfp4_ms_eden", "mxfp4_quest"])
@@ -228,7 +255,7 @@ def test_kernel_rejects_unknown_quantizer():
                                                        ("nvfp4_4over6", None, "rows", "bf16"),
                                                        ("nvfp4_ms_eden", "random_hadamard-128", "rows", "bf16")])
 def test_results_do_not_depend_on_the_tile(name, rotation, layout, form):
-    """The launcher's tile (default_tile) is a speed choice only: every tile (and programs looping over row blocks) gives the same codes, scales,
+    """The launcher's tile (default_tile) is a speed choice only: every tile (and programs looping over row blocks, and a register cap) gives the same codes, scales,
     mask, GEMM values and row scales, bit for bit (programs see other slices of the same rows and columns;
     stochastic draws are keyed by element index, the FP8 fold's row exponents reduced over all programs)."""
     from fp4compile.kernels.quantize import quantize_for_gemm
@@ -239,7 +266,7 @@ def test_results_do_not_depend_on_the_tile(name, rotation, layout, form):
     x = torch.randn(48, 256) * torch.logspace(-3, 3, 256)[torch.randperm(256)]  # six decades, shuffled: groups far below their row's maximum, anywhere
     src = (x.t().contiguous() if layout == "transposed" else x).to(DEV)
     runs = []
-    for tile in (None, Tile(16, 64, 2), Tile(32, 128, 4), Tile(64, 64, 4), Tile(64, 128, 16), Tile(16, 128, 4, 2)):
+    for tile in (None, Tile(16, 64, 2), Tile(32, 128, 4), Tile(64, 64, 4), Tile(64, 128, 16), Tile(16, 128, 4, 2), Tile(64, 64, 4, 1, 96)):
         values, packed, mask = quantize_for_gemm(src, q, m, 11, form=form, keep_packed=True, transpose=layout == "transposed", tile=tile)
         runs.append([t.cpu() for t in (values.values.view(torch.uint8) if form == "fp8" else values.values, packed.codes, packed.scales)]
                     + [t.cpu() for t in (values.row_scale, mask) if t is not None])
@@ -261,3 +288,11 @@ def test_tile_that_is_not_powers_of_two_is_named(tile, field):
 
     with pytest.raises(ValueError, match=f"{field}=.* must be a power of two"):
         _kernel()(torch.randn(32, 64).to(DEV), f4.get_quantizer("mxfp4_rtn"), None, seed=0, tile=Tile(*tile))
+
+
+@pytest.mark.parametrize("cap", [16, 256])
+def test_tile_register_cap_out_of_range_is_named(cap):
+    from fp4compile.kernels.rotate_quantize import Tile
+
+    with pytest.raises(ValueError, match=f"max_registers={cap} must be 0"):
+        _kernel()(torch.randn(32, 64).to(DEV), f4.get_quantizer("mxfp4_rtn"), None, seed=0, tile=Tile(64, 64, 4, 1, cap))
