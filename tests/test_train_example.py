@@ -144,7 +144,7 @@ def test_train_benchmark_table():
     from examples import bench_train
 
     args = bench_train.parse_args(["--recipes", "quartet,nvidia", "--float8", "rowwise"])
-    assert (args.size, args.batch, args.seq, args.recipes, args.float8) == ("1b", 4, 2048, ["quartet", "nvidia"], ["rowwise"])
+    assert (args.size, args.batch, args.seq, args.recipes, args.float8) == ("1b", 16, 2048, ["quartet", "nvidia"], ["rowwise"])
     assert [name for name, _ in bench_train.configs(args.recipes, args.float8, "cuda")] == [
         "bf16 inductor", "torchao float8 rowwise", "fp4compile quartet", "fp4compile nvidia"]
     assert [name for name, _ in bench_train.configs(["quartet"], [], "cuda", cudagraphs=True)] == [
