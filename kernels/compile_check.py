@@ -60,7 +60,7 @@ def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, pr
              "inv_ts_den": "fp32", "factor": "fp32", "scratch_ptr": "*fp32",
              "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "rs_ptr": "*fp32", "count_ptr": "*i64", "seed_ptr": "*i64"}
     return _compile(quantize_kernel, constexprs, types, capability, as_launched=as_launched, num_warps=tile.num_warps,
-                    max_registers=tile.max_registers), tile
+                    options=tile.compile_options()), tile
 
 
 def compile_stats_kernels(capability: int, *, as_launched: bool = False):
@@ -77,9 +77,11 @@ def compile_stats_kernels(capability: int, *, as_launched: bool = False):
                              as_launched=as_launched, num_warps=tile.num_warps), tile
 
 
-def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launched: bool = False, num_warps: int = 4, max_registers: int = 0):
-    """Compile one specialisation of ``kernel`` for sm_<capability>; unlisted runtime arguments are i32; a
-    register cap (``maxnreg``) when ``max_registers`` is set.
+def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launched: bool = False, num_warps: int = 4,
+             options: dict | None = None):
+    """Compile one specialisation of ``kernel`` for sm_<capability>; unlisted runtime arguments are i32. ``options``:
+    the launch's compile options (the quantize kernel's ``Tile.compile_options()``, with its register cap); by
+    default no FMA contraction, as every launcher here asks.
 
     ``as_launched``: specialise as Triton's launcher does for the usual call, so that the machine code is
     the one that runs (unit stride along the loaded axis, 16-divisible pointers, strides and sizes).
@@ -95,7 +97,7 @@ def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launc
         attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in constexprs and (n.endswith("_ptr") or n in sized)}
     signature = {n: ("constexpr" if n in constexprs else types.get(n, "i32")) for n in names}
     src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
-    options = {"enable_fp_fusion": False, "num_warps": num_warps, **({"maxnreg": max_registers} if max_registers else {})}
+    options = {"enable_fp_fusion": False, **(options or {}), "num_warps": num_warps}
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
 
 
