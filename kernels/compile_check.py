@@ -15,12 +15,13 @@ import sys
 
 VARIANTS = [
     # (name, RULE, SR, GROUP, G, PRECISION, SCALED, TRANSPOSED, WRITE_MASK, VALUES (0 none, 1 FP8, 2 BF16), WRITE_PACKED)
+    # the FP8 form writes packed codes (the fold kernel reads them) and the row exponents: WRITE_PACKED with VALUES 1
     # SCALED (a saved FP4 tensor's block values) is always read transposed; TRANSPOSED is the X^T / E^T read
     ("mxfp4_quest+H32 -> fp8 + packed", 1, False, 32, 32, "bf16", False, False, True, 1, True),
-    ("mxfp4_tseng_rtn+RHT32 -> fp8", 2, False, 32, 32, "bf16", False, False, False, 1, False),
-    ("mxfp4_tseng_rtn+RHT32 (saved source) -> fp8", 2, False, 32, 32, "bf16", True, True, False, 1, False),
-    ("mxfp4_tseng_sr+RHT32 -> fp8", 2, True, 32, 32, "bf16", False, False, False, 1, False),
-    ("mxfp4_tseng_sr (transposed, unrotated) -> fp8", 2, True, 32, 0, "bf16", False, True, False, 1, False),
+    ("mxfp4_tseng_rtn+RHT32 -> fp8", 2, False, 32, 32, "bf16", False, False, False, 1, True),
+    ("mxfp4_tseng_rtn+RHT32 (saved source) -> fp8", 2, False, 32, 32, "bf16", True, True, False, 1, True),
+    ("mxfp4_tseng_sr+RHT32 -> fp8", 2, True, 32, 32, "bf16", False, False, False, 1, True),
+    ("mxfp4_tseng_sr (transposed, unrotated) -> fp8", 2, True, 32, 0, "bf16", False, True, False, 1, True),
     ("mxfp4_rtn -> packed", 0, False, 32, 0, "bf16", False, False, False, 0, True),
     ("mxfp4_quest+H32 -> packed", 1, False, 32, 32, "bf16", False, False, True, 0, True),
     ("nvfp4_4over6 -> bf16 + packed", 11, False, 16, 0, "bf16", False, False, False, 2, True),
@@ -53,28 +54,24 @@ def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, pr
     tile = variant_tile(rule, g, transposed, as_launched=as_launched)
     constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=scaled, TRANS_LOAD=transposed,
                       HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed, VALUES=values,
-                      SCALES_IN=values == 1 and rule == 1, WRITE_S32=write_packed or rule >= 10, BLOCK_R=tile.block_r, BLOCK_K=tile.block_k,
+                      WRITE_S32=write_packed or rule >= 10, BLOCK_R=tile.block_r, BLOCK_K=tile.block_k,
                       ROW_ITERS=tile.row_iters)
     types = {**_SOURCE_TYPES, "amax_ptr": "*fp32", "s32_ptr": "*fp32", "alpha_out_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32",
              "mask_ptr": "*u8", "val_max": "fp32", "ts_den": "fp32", "inv_val_max": "fp32",
              "inv_ts_den": "fp32", "factor": "fp32", "scratch_ptr": "*fp32",
-             "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "rs_ptr": "*fp32", "count_ptr": "*i64", "seed_ptr": "*i64"}
+             "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "seed_ptr": "*i64"}
     return _compile(quantize_kernel, constexprs, types, capability, as_launched=as_launched, num_warps=tile.num_warps,
                     options=tile.compile_options()), tile
 
 
 def compile_stats_kernels(capability: int, *, as_launched: bool = False):
-    """The pre-pass: row exponents (MXFP4 -> FP8, QuEST after Hadamard-32) and the rotated tensor amax (MS-EDEN),
-    as (name, compiled kernel, tile)."""
-    from fp4compile.kernels.rotate_quantize import stats_kernel
+    """NVFP4's pre-pass (the rotated tensor amax, as MS-EDEN's), as (name, compiled kernel, tile)."""
+    from fp4compile.kernels.rotate_quantize import NV_EDEN, stats_kernel
 
-    for name, row_exp, rule, group, g, out in (("stats: row exponents (QuEST, H32)", True, 1, 32, 32, "*i32"),
-                                               ("stats: tensor amax (RHT128)", False, 12, 16, 128, "*fp32")):
-        tile = variant_tile(rule, g, False, as_launched=as_launched)
-        constexprs = dict(ROW_EXP=row_exp, WRITE_SCALES=row_exp and rule == 1, RULE=rule, GROUP=group, SCALED=False, TRANS_LOAD=False,
-                          G=g, PRECISION="bf16", BLOCK_R=tile.block_r, BLOCK_K=tile.block_k, ROW_ITERS=tile.row_iters)
-        yield name, _compile(stats_kernel, constexprs, {**_SOURCE_TYPES, "out_ptr": out, "scales_ptr": "*u8"}, capability,
-                             as_launched=as_launched, num_warps=tile.num_warps), tile
+    tile = variant_tile(NV_EDEN.value, 128, False, as_launched=as_launched)
+    constexprs = dict(SCALED=False, TRANS_LOAD=False, G=128, PRECISION="bf16", BLOCK_R=tile.block_r, BLOCK_K=tile.block_k, ROW_ITERS=tile.row_iters)
+    yield "stats: tensor amax (RHT128)", _compile(stats_kernel, constexprs, {**_SOURCE_TYPES, "out_ptr": "*fp32"}, capability,
+                                                  as_launched=as_launched, num_warps=tile.num_warps), tile
 
 
 def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launched: bool = False, num_warps: int = 4,
@@ -92,8 +89,9 @@ def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launc
     names = kernel.arg_names
     attrs = None
     if as_launched:
-        constexprs = {**constexprs, ("stride_r" if constexprs.get("TRANS_LOAD") else "stride_k"): 1}
-        sized = {"stride_r", "stride_k", "R", "K", "K_OUT"}
+        unit = "stride_r" if constexprs.get("TRANS_LOAD") else "stride_k"
+        constexprs = {**constexprs, unit: 1} if unit in names else constexprs
+        sized = {"stride_r", "stride_k", "R", "K", "K_OUT", "M"}
         attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in constexprs and (n.endswith("_ptr") or n in sized)}
     signature = {n: ("constexpr" if n in constexprs else types.get(n, "i32")) for n in names}
     src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
@@ -101,12 +99,24 @@ def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launc
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
 
 
+def compile_fold(capability: int, *, as_launched: bool = False):
+    """The FP8 fold kernel as the launcher runs it at K = 4096: (compiled kernel, (BLOCK_M, BLOCK_K, warps))."""
+    from fp4compile.kernels.fold import FOLD_BLOCK_M, FOLD_WARPS, _block_k, fold_kernel
+
+    block_k = _block_k(4096)
+    types = {"codes_ptr": "*i16", "scales_ptr": "*u8", "out_ptr": "*i32", "er_ptr": "*i32", "rs_ptr": "*fp32", "count_ptr": "*i64"}
+    kernel = _compile(fold_kernel, dict(BLOCK_M=FOLD_BLOCK_M, BLOCK_K=block_k, GROUP=32), types, capability, as_launched=as_launched,
+                      num_warps=FOLD_WARPS)
+    return kernel, (FOLD_BLOCK_M, block_k, FOLD_WARPS)
+
+
 def compile_fold_kernels(capability: int):
 
     from fp4compile.kernels.epilogue import epilogue_kernel
-    from fp4compile.kernels.fold import bf16_values_kernel, fold_kernel
+    from fp4compile.kernels.fold import bf16_values_kernel
 
-    jobs = [(fold_kernel, dict(BLOCK_M=32, BLOCK_K=256, GROUP=32), {"out_ptr": "*u8", "er_ptr": "*i32", "count_ptr": "*i32"}),
+    yield "fold_kernel", compile_fold(capability)[0]
+    jobs = [
             (bf16_values_kernel, dict(E8M0=False, BLOCK_M=32, BLOCK_K=256, GROUP=16), {"out_ptr": "*bf16"}),
             (epilogue_kernel, dict(HAS_ALPHA=True, HAS_MASK=True, G=32, PRECISION="tf32x3", BLOCK_R=32, BLOCK_K=128),
              {"g_ptr": "*fp32", "alpha_ptr": "*fp32", "mask_ptr": "*u8", "h_ptr": "*bf16", "rot_scale": "fp32", "out_ptr": "*bf16"})]

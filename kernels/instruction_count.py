@@ -1,6 +1,6 @@
 """Machine instructions per element of the rotate-quantize kernels, counted for sm_90 without a GPU.
 
-    python -m fp4compile.kernels.instruction_count      # every compile_check variant and both pre-passes
+    python -m fp4compile.kernels.instruction_count      # every compile_check variant, NVFP4's pre-pass, the FP8 fold
 
 Nsight Compute showed these kernels bound by instruction issue, not by memory (docs/perf_notes.md): their
 time follows the instructions they issue per element. This compiles each variant as the launcher
@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 
-from fp4compile.kernels.compile_check import VARIANTS, compile_stats_kernels, compile_variant
+from fp4compile.kernels.compile_check import VARIANTS, compile_fold, compile_stats_kernels, compile_variant
 from fp4compile.kernels.rotate_quantize import Tile
 
 _OPCODE = re.compile(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
@@ -89,6 +89,8 @@ def main() -> int:
         print(report(name, kernel.asm["cubin"], tile))
     for name, kernel, tile in compile_stats_kernels(90, as_launched=True):
         print(report(name, kernel.asm["cubin"], tile))
+    kernel, (block_m, block_k, warps) = compile_fold(90, as_launched=True)
+    print(report("fold: packed MXFP4 -> FP8", kernel.asm["cubin"], Tile(block_m, block_k, warps)))
     return 0
 
 

@@ -12,11 +12,13 @@ Each program takes a tile of ``BLOCK_R`` output rows x ``BLOCK_K`` elements alon
 3. compute the group scales and round: MXFP4 rules OCP / QuEST (with trust mask) / Tseng 3/4 (RTN or
    SR), NVFP4 rules RTN (any val_max) / 4-over-6 / SR / MS-EDEN (per-group correction and stochastic
    rounding of the corrected E4M3 scale). NVFP4's FP32 tensor scale comes from a first pass over the
-   (rotated) input (``stats_kernel``, which also finds each row's largest scale exponent for the FP8 form);
+   (rotated) input (``stats_kernel``: its amax);
 4. write what the consumers need (the lowering's layout plan decides): packed E2M1 codes ``[R, K/2]``, scale
    bytes ``[R, K/group]`` and mask bits ``[R, K/8]`` (kept for the backward), and/or the GEMM-ready values
-   ``[R, K]``: MXFP4 folded into FP8 with an FP32 scale per row, NVFP4 as exact BF16 (hopper.md). The
-   FP8 form needs each row's largest scale exponent first, found by the same pre-pass kernel.
+   ``[R, K]``: NVFP4 as exact BF16 (hopper.md); MXFP4 folded into FP8 with an FP32 scale per row, which needs
+   each row's largest scale exponent before any value is written: the kernel writes the packed codes and
+   finds those exponents (an atomic max per row), and a second, light pass over the codes (kernels/fold.py)
+   writes the FP8 values.
 
 The kernels are bound by instruction issue, not memory (Nsight Compute, docs/perf_notes.md), so the
 arithmetic is written for few instructions (``python -m fp4compile.kernels.instruction_count`` counts
@@ -327,43 +329,25 @@ def _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, m, rot_scal
 
 @triton.jit
 def stats_kernel(
-    x_ptr, stride_r, stride_k, alpha_ptr, h_ptr, rot_scale, out_ptr, scales_ptr, R, K, K_OUT,
-    ROW_EXP: tl.constexpr, WRITE_SCALES: tl.constexpr, RULE: tl.constexpr, GROUP: tl.constexpr, SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr,
+    x_ptr, stride_r, stride_k, alpha_ptr, h_ptr, rot_scale, out_ptr, R, K,
+    SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr,
     G: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ROW_ITERS: tl.constexpr,
 ):
-    """The pre-pass over the (rotated) input that the quantize kernel needs before it can write.
-
-    ROW_EXP = False (NVFP4): amax over finite values into out_ptr[0] (float32, pre-zeroed), by atomic max.
-    ROW_EXP = True (MXFP4 written as folded FP8): per row, the largest scale exponent over the groups whose
-    E8M0 byte is neither 0 (2^-127) nor 255 (NaN), into out_ptr[row] (int32, pre-filled with _NO_ROW_EXP), by
-    atomic max. Those groups always hold a nonzero code, so this is the fold's E_r (lowering/hopper_gemm.py).
-    WRITE_SCALES: also store the E8M0 bytes ``[R, K_OUT/GROUP]``, which the quantize kernel then reads
-    (SCALES_IN) instead of computing them again (worth it for QuEST, whose scale needs the group's std).
-    """
+    """NVFP4's pre-pass: the largest finite |x| of the (rotated) input into out_ptr[0] (float32, pre-zeroed), by
+    atomic max; the quantize kernel forms the tensor scale from it."""
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
     m = _rotation_matrix(h_ptr, G, PRECISION)
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    amax_run = 0.0  # NVFP4: this program's largest finite |x|
+    amax_run = 0.0  # this program's largest finite |x|
     for it in range(ROW_ITERS):  # row blocks pid_r * ROW_ITERS + it, sharing the rotation matrix
         rows = (pid_r * ROW_ITERS + it) * BLOCK_R + tl.arange(0, BLOCK_R)
         x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, m, rot_scale, G, PRECISION, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
-        if ROW_EXP:
-            xg, amax, bad = _group_stats(x, BLOCK_R, BLOCK_K, GROUP)
-            e = _mx_exponent(xg, amax, RULE, GROUP)
-            live = ~bad & (e > -127)
-            tl.atomic_max(out_ptr + rows, tl.max(tl.where(live, e, _NO_ROW_EXP), axis=1), mask=rows < R)
-            if WRITE_SCALES:
-                NG: tl.constexpr = BLOCK_K // GROUP
-                gc = pid_k * NG + tl.arange(0, NG)
-                tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], tl.where(bad, 255, e + 127).to(tl.uint8), mask=rows[:, None] < R)
-        else:
-            a = tl.abs(x)
-            finite = a < float("inf")  # False for Inf and NaN
-            amax_run = tl.maximum(amax_run, tl.max(tl.max(tl.where(finite, a, 0.0), axis=1), axis=0))
-    if not ROW_EXP:
-        if amax_run > tl.load(out_ptr):  # the running maximum only grows: a program below the value read has nothing to add
-            tl.atomic_max(out_ptr, amax_run)
+        a = tl.abs(x)
+        finite = a < float("inf")  # False for Inf and NaN
+        amax_run = tl.maximum(amax_run, tl.max(tl.max(tl.where(finite, a, 0.0), axis=1), axis=0))
+    if amax_run > tl.load(out_ptr):  # the running maximum only grows: a program below the value read has nothing to add
+        tl.atomic_max(out_ptr, amax_run)
 
 
 @triton.jit
@@ -441,8 +425,9 @@ def quantize_kernel(
     x_ptr, stride_r, stride_k, alpha_ptr,
     # rotation; NVFP4: the pre-pass's amax in, tensor scale s32 and alpha = s32 * factor out (WRITE_S32); uniforms (optional), outputs
     h_ptr, rot_scale, amax_ptr, s32_ptr, alpha_out_ptr, u_ptr, us_ptr, codes_ptr, scales_ptr, mask_ptr,
-    # GEMM-ready values (VALUES = 1: folded FP8 bytes, row exponents in, row scales out, unfoldable count; 2: BF16)
-    values_ptr, er_ptr, rs_ptr, count_ptr,
+    # GEMM-ready values: VALUES = 1 (MXFP4 for the FP8 fold) each row's largest live scale exponent, by atomic max into
+    # er_ptr (the fold kernel then writes the FP8 values from the packed codes); 2: BF16 values into values_ptr
+    values_ptr, er_ptr,
     # NVFP4 after a rotation: 3 x BLOCK_R x NG float32 per program for the per-group work (_to_group_per_thread)
     scratch_ptr,
     # the seed: seed_ptr[0] ^ seed_salt, low 31 bits (a step's seed on the device; SR and EDEN's scale SR)
@@ -451,7 +436,7 @@ def quantize_kernel(
     val_max, ts_den, inv_val_max, inv_ts_den, factor,
     RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
     SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, HAS_U: tl.constexpr, WRITE_MASK: tl.constexpr, CORR: tl.constexpr, WRITE_PACKED: tl.constexpr, VALUES: tl.constexpr,
-    SCALES_IN: tl.constexpr, WRITE_S32: tl.constexpr,
+    WRITE_S32: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ROW_ITERS: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
@@ -477,11 +462,7 @@ def quantize_kernel(
         bad2 = tl.reshape(tl.broadcast_to(bad[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
 
         if RULE == MX_OCP or RULE == MX_TSENG or RULE == MX_QUEST:
-            if SCALES_IN:  # the pre-pass wrote the E8M0 bytes (255 for Inf/NaN groups, whose codes are overridden)
-                gs = pid_k * NG + tl.arange(0, NG)
-                e = tl.load(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gs[None, :], mask=rows[:, None] < R, other=0).to(tl.int32) - 127
-            else:
-                e = _mx_exponent(xg, amax, RULE, GROUP)
+            e = _mx_exponent(xg, amax, RULE, GROUP)
             byte = tl.where(bad, 255, e + 127)
             # x / 2^e as x * 2^-e (a power of two too, e in [-127, 127]): the same FP32 result. Tseng's
             # (x * 0.75) / 2^e as x * (0.75 * 2^-e): equal wherever the result is an FP32 normal (below, code 0)
@@ -492,10 +473,13 @@ def quantize_kernel(
             mag = _clamp_mag(scaled2)
             cmag, q = _round(mag, u_ptr, elem, (r2 < R) & (k2 < K_OUT), seed, SR, HAS_U)
             codes = _signed_codes(cmag, scaled2, bad2)
-            if SR:  # groups holding a nonzero code (those that set the fold's row exponent and count as unfoldable)
-                nonzero = (tl.max(tl.reshape(cmag, (BLOCK_R, NG, GROUP)), axis=2) > 0) & ~bad
-            else:  # RTN: code 0 exactly for |x| * inv <= 0.25, and rounding is monotone
-                nonzero = (amax * inv > 0.25) & ~bad
+            if VALUES == 1:  # each row's largest scale exponent over its groups with a nonzero code and a scale above 2^-127
+                if SR:
+                    nonzero = tl.max(tl.reshape(cmag, (BLOCK_R, NG, GROUP)), axis=2) > 0
+                else:  # RTN: code 0 exactly for |x| * inv <= 0.25, and rounding is monotone
+                    nonzero = amax * inv > 0.25
+                live = nonzero & ~bad & (e > -127)
+                tl.atomic_max(er_ptr + rows, tl.max(tl.where(live, e, _NO_ROW_EXP), axis=1), mask=rows < R)
             if WRITE_MASK:
                 trust = ((tl.abs(scaled2) < 6.0) & ~bad2).to(tl.int32)
         else:
@@ -551,27 +535,7 @@ def quantize_kernel(
                     tl.store(s32_ptr, s32)
                     tl.store(alpha_out_ptr, s32 * factor)
         # --- GEMM-ready values [R, K_OUT] (hopper.md): the same numbers as the packed form, in what the tensor cores take
-        if VALUES == 1:  # MXFP4 folded into FP8: q * 2^(e_g - E_r + 6), row scale 2^(E_r - 6) (twin: hopper_gemm.fold_mxfp4_fp8)
-            e_r = tl.load(er_ptr + rows, mask=rows < R, other=_NO_ROW_EXP)
-            e_r = tl.where(e_r == _NO_ROW_EXP, 6, e_r)  # a row without a live group: row scale 1
-            shift = tl.minimum(tl.maximum(e - e_r[:, None] + 6, -13), 6)  # below -13 every value rounds to 0
-            # E4M3 bytes in integer arithmetic. Not Triton's fp32 -> float8e4nv conversion: on sm_90 (Triton 3.6)
-            # it returned the wrong element's byte for some layouts (transposed loads, tl.rand tiles), measured
-            # by tests/kernels/test_fold_kernels.py on an H200. Groups of zero codes give byte 0 either way.
-            if tl.min(tl.min(tl.where(nonzero, shift, 6), axis=1), axis=0) >= -5:  # the usual tile: every value an E4M3 normal
-                base2 = tl.reshape(tl.broadcast_to(((shift + 6) * 8)[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
-                v8 = _fold_byte(cmag, base2)
-            else:  # some group 12 or more binades below its row's largest: round its values to E4M3 from FP32 bits
-                scale2 = tl.reshape(tl.broadcast_to(_pow2(shift)[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
-                v8 = _e4m3_byte_of_fold(_e2m1_value(cmag) * scale2)  # the value from its code: q need not stay live
-            v8 = tl.where(bad2, 0x7F, v8 | ((codes & 8) << 4))  # the code's sign bit, -0 included; NaN groups
-            tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v8.to(tl.uint8), mask=row_ok)
-            unfoldable = tl.sum(tl.sum((nonzero & (e < e_r[:, None] - 14) & row_ok).to(tl.int32), axis=1), axis=0)
-            if unfoldable > 0:  # rare: most programs leave the single counter address alone
-                tl.atomic_add(count_ptr, unfoldable.to(count_ptr.dtype.element_ty))
-            if pid_k == 0:
-                tl.store(rs_ptr + rows, _pow2(e_r - 6), mask=rows < R)
-        elif VALUES == 2:  # NVFP4 as exact BF16 q * s8 (twin: hopper_gemm.nvfp4_to_bf16)
+        if VALUES == 2:  # NVFP4 as exact BF16 q * s8 (twin: hopper_gemm.nvfp4_to_bf16)
             s8 = tl.where(byte == 0x7F, float("nan"), _e4m3_from_byte(byte))
             v = q * tl.reshape(tl.broadcast_to(s8[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))  # 2-D, as above
             v = (v.to(tl.int32, bitcast=True) | (((codes >> 3) & 1) << 31)).to(tl.float32, bitcast=True)  # sign as a bit
@@ -583,9 +547,8 @@ def quantize_kernel(
             packed = (lo | (hi << 4)).to(tl.uint8)
             pc = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
             tl.store(codes_ptr + rows[:, None] * (K_OUT // 2) + pc[None, :], packed, mask=row_ok)
-            if not SCALES_IN:
-                gc = pid_k * NG + tl.arange(0, NG)
-                tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
+            gc = pid_k * NG + tl.arange(0, NG)
+            tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
             if WRITE_MASK:
                 t_lo, t_hi = tl.split(tl.reshape(trust, (BLOCK_R, BLOCK_K // 2, 2)))  # bit pairs first (neighbours share a thread)
                 quads = tl.reshape(t_lo | (t_hi << 1), (BLOCK_R, BLOCK_K // 8, 4))
@@ -938,8 +901,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     amax = placeholder(torch.float32, device)  # MXFP4 rules never read it
     if is_nv:  # pre-pass: the (rotated) amax, from which the quantize kernel forms the tensor scale
         amax = torch.zeros(1, device=device, dtype=torch.float32)
-        stats_kernel[grid](*source, amax, placeholder(torch.uint8, device), r, k, k_out, ROW_EXP=False, WRITE_SCALES=False,
-                           RULE=rule.rule, GROUP=group, **common, **_NO_FMA)
+        stats_kernel[grid](*source, amax, r, k, **common, **_NO_FMA)
     # the tensor scale (NVFP4; MXFP4's is 1, written only where the packed form keeps it) and NVFP4's alpha, each its own
     # tensor (they become op outputs), written by the kernel: no small torch ops per quantization
     write_s32 = is_nv or keep_packed
@@ -950,17 +912,13 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         alpha_out.fill_(quantizer.factor)
     empty8 = placeholder(torch.uint8, device)  # outputs this launch does not write (never returned)
     values = VALUE_FORMS.get(form, 0)
-    e_r = row_scale = count = empty8
-    scales_in = values == 1 and rule.rule == MX_QUEST.value  # QuEST's scales (a std per group) come from the pre-pass
-    scales = torch.empty(r, k_out // group, dtype=torch.uint8, device=device) if keep_packed or scales_in else empty8
-    if values == 1:  # pre-pass: each row's largest live scale exponent
-        e_r = torch.full((r,), _NO_ROW_EXP.value, dtype=torch.int32, device=device)
-        stats_kernel[grid](*source, e_r, scales, r, k, k_out, ROW_EXP=True, WRITE_SCALES=scales_in, RULE=rule.rule, GROUP=group,
-                           **common, **_NO_FMA)
-        row_scale = torch.empty(r, 1, dtype=torch.float32, device=device)
-        count = unfoldable_counter(device)  # the kernel adds its unfoldable groups to the device's running count
-    out_values = empty8 if values == 0 else torch.empty(r, k_out, dtype=torch.uint8 if values == 1 else torch.bfloat16, device=device)
-    codes = torch.empty(r, k_out // 2, dtype=torch.uint8, device=device) if keep_packed else empty8
+    # the FP8 form: the kernel writes the packed codes and scales (kept or not) and each row's largest live scale
+    # exponent (atomic max from the "no live group" marker); the fold kernel then writes the FP8 values from them
+    write_packed = keep_packed or values == 1
+    e_r = torch.full((r,), _NO_ROW_EXP.value, dtype=torch.int32, device=device) if values == 1 else empty8
+    scales = torch.empty(r, k_out // group, dtype=torch.uint8, device=device) if write_packed else empty8
+    codes = torch.empty(r, k_out // 2, dtype=torch.uint8, device=device) if write_packed else empty8
+    out_values = torch.empty(r, k_out, dtype=torch.bfloat16, device=device) if values == 2 else empty8
     write_mask = rule.mask and keep_packed
     mask = torch.empty(r, k_out // 8, dtype=torch.uint8, device=device) if write_mask else empty8
     u_elem, u_scale = uniforms if uniforms is not None else (None, None)
@@ -973,10 +931,10 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         scratch = torch.empty(grid[0] * grid[1] * 3 * block_r * (block_k // group), dtype=torch.float32, device=device)
     quantize_kernel[grid](
         *source, amax, s32, alpha_out, u_elem, u_scale, codes, scales, mask,
-        out_values, e_r, row_scale, count, scratch,
+        out_values, e_r, scratch,
         r, k, k_out, seed_ptr, seed_salt, rule.val_max, rule.scales_max * rule.val_max, rule.inv_val_max, rule.inv_ts_den, quantizer.factor,
         RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
-        WRITE_PACKED=keep_packed, VALUES=values, SCALES_IN=scales_in, WRITE_S32=write_s32, **common, **tile.compile_options(),
+        WRITE_PACKED=write_packed, VALUES=values, WRITE_S32=write_s32, **common, **tile.compile_options(),
     )
     # alpha = tensor scale * factor in float32, as the reference forms it (the kernel wrote NVFP4's); MXFP4's tensor
     # scale is 1, so its alpha is the factor alone, kept on the host (a 0-dim CPU tensor: no kernel, no copy)
@@ -984,8 +942,11 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     q = QuantizedTensor(codes, scales, quantizer.scale_format, group, s32.reshape(()), quantizer.factor) if keep_packed else None
     gemm = None
     if values == 1:
+        from fp4compile.kernels.fold import fold_mxfp4_fp8
+
+        a8, row_scale = fold_mxfp4_fp8(codes, scales, e_r, group_size=group, counter=unfoldable_counter(device))
         record_folds(r * (k_out // group))
-        gemm = GemmValues(out_values.view(torch.float8_e4m3fn), row_scale, alpha)
+        gemm = GemmValues(a8, row_scale, alpha)
     elif values == 2:
         gemm = GemmValues(out_values, None, alpha)
     return gemm, q, (mask if write_mask else None)

@@ -158,21 +158,32 @@ def _bf16_table(device: torch.device) -> torch.Tensor:
     return persistent.cached(("bf16 table",), device, build)
 
 
+def _group_facts(codes: torch.Tensor, scales: torch.Tensor, group_size: int):
+    """(packed [M, G, gs/2], nonzero [M, G], NaN scale [M, G], e_g int32 [M, G]) of MXFP4 codes [M, K/2] and scales [M, G]."""
+    packed = codes.reshape(codes.shape[0], -1, group_size // 2)  # [M, G, gs/2]
+    byte = scales.to(torch.int32)  # [M, G]
+    nan_g = byte == formats.E8M0_NAN_BYTE  # [M, G]
+    nonzero = ((packed & 0x77) != 0).any(-1) & ~nan_g  # [M, G]: groups that hold a nonzero value
+    return packed, nonzero, nan_g, byte - formats.E8M0_BIAS  # e_g: byte 0 is 2^-127
+
+
+def row_exponents(codes: torch.Tensor, scales: torch.Tensor, group_size: int = MX_GROUP) -> torch.Tensor:
+    """E_r [M, 1] (int32) of the FP8 fold: each row's largest scale exponent over the groups that hold a nonzero code and
+    a scale above 2^-127; ``FP8_HEADROOM`` (row scale 1) for a row without one."""
+    _, nonzero, _, e_g = _group_facts(codes, scales, group_size)
+    masked = torch.where(nonzero & (e_g > -formats.E8M0_BIAS), e_g, _NO_GROUP)
+    e_r = torch.cat([masked, torch.full_like(masked[:, :1], _NO_GROUP)], -1).amax(-1, keepdim=True)  # [M, 1]
+    return torch.where(e_r == _NO_GROUP, FP8_HEADROOM, e_r)
+
+
 def _fold(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`fold_mxfp4_fp8` with the unfoldable count left on the device (0-dim int64); records it in fold_stats."""
     if codes.dim() != 2:
         raise ValueError(f"fold_mxfp4_fp8 takes 2-D codes [M, K/2], got shape {tuple(codes.shape)}")
     _check_packed(codes, scales, group_size, "fold_mxfp4_fp8")
     m = codes.shape[0]
-    packed = codes.reshape(m, -1, group_size // 2)  # [M, G, gs/2]
-    byte = scales.to(torch.int32)  # [M, G]
-    nan_g = byte == formats.E8M0_NAN_BYTE  # [M, G]
-    nonzero = ((packed & 0x77) != 0).any(-1) & ~nan_g  # [M, G]: groups that hold a nonzero value
-    live = nonzero & (byte != 0)  # [M, G]: and a scale above 2^-127: the groups that set E_r
-    e_g = byte - formats.E8M0_BIAS  # [M, G]; byte 0 is 2^-127
-    masked = torch.where(live, e_g, _NO_GROUP)
-    e_r = torch.cat([masked, torch.full_like(masked[:, :1], _NO_GROUP)], -1).amax(-1, keepdim=True)  # [M, 1]
-    e_r = torch.where(e_r == _NO_GROUP, FP8_HEADROOM, e_r)  # a row of zeros: row_scale 1
+    packed, nonzero, nan_g, e_g = _group_facts(codes, scales, group_size)
+    e_r = row_exponents(codes, scales, group_size)  # [M, 1]
     row = FP8_HEADROOM - (e_g - e_r + FP8_HEADROOM).clamp(_MIN_SHIFT, FP8_HEADROOM)  # [M, G]: table row 0..19
     row = torch.where(nan_g, _NAN_ROW, row)  # a NaN scale makes its group NaN, as in block_values
     index = (row * 256)[..., None] + packed.to(torch.int32)  # [M, G, gs/2]

@@ -20,7 +20,7 @@ def test_quantize_kernel_compiles_for_sm90_and_sm100():
     assert out.returncode == 0, out.stdout + out.stderr
     from fp4compile.kernels.compile_check import HOPPER_ONLY_VALUES, VARIANTS
 
-    others = 2 + 3  # the two pre-pass kernels, fold / bf16 / epilogue
+    others = 1 + 3  # NVFP4's pre-pass kernel; fold / bf16 / epilogue
     blackwell = sum(v[-2] != HOPPER_ONLY_VALUES for v in VARIANTS)  # sm_100 takes packed FP4, not the FP8 form
     assert out.stdout.count("sm_90 ") == len(VARIANTS) + others
     assert out.stdout.count("sm_100 ") == blackwell + others
