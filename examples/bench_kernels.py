@@ -6,7 +6,9 @@ For every kernel launch of the recipes' triton lowering (forward X into its GEMM
 saved for the backward, backward E along N, E^T along T read transposed, and re-quantization of a saved FP4
 tensor read transposed) it prints time, effective bandwidth (the fewest bytes: input read once, outputs
 written once, over the time, which includes the pre-pass that finds NVFP4's tensor scale or the FP8 row
-scales) and the ratio to ``torch`` copying the same input (read + write). Needs a CUDA GPU.
+scales) and the ratio to ``torch`` copying the same input (read + write). ``--graphs`` times CUDA-graph replays:
+the GPU's time alone, as training under ``cudagraphs=True`` sees it (host-launched, a kernel pair of ~0.2 ms can
+be bound by the host's launch cost). Needs a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ def parse_tiles(spec: str) -> list[Tile]:
     return tiles
 
 
-def _sweep(x: torch.Tensor, rounds: int, cases: list[tuple], tiles: list[Tile]) -> None:
-    """Every case under every tile, timed in interleaved rounds (medians): the default against the fastest."""
+def _sweep(x: torch.Tensor, rounds: int, cases: list[tuple], tiles: list[Tile], bench) -> None:
+    """Every case under every tile, timed in interleaved rounds (medians) by ``bench``: the default against the fastest."""
     print("| kernel | default tile | default (ms) | fastest tile | fastest (ms) | all (rows x K / warps: ms) |\n|---|---|---|---|---|---|")
     for case in cases:
         fns = {"default": _case(case, x)[0]}
@@ -84,7 +86,7 @@ def _sweep(x: torch.Tensor, rounds: int, cases: list[tuple], tiles: list[Tile]) 
                 print(f"  {case[0]} {tile}: {type(e).__name__}")
                 continue
             fns[tile] = fn
-        runs = [{key: triton.testing.do_bench(fn, return_mode="median") for key, fn in fns.items()} for _ in range(rounds)]
+        runs = [{key: bench(fn, return_mode="median") for key, fn in fns.items()} for _ in range(rounds)]
         med = {key: sorted(r[key] for r in runs)[rounds // 2] for key in fns}
         best = min((k for k in med if k != "default"), key=med.get)
         src = case[3]
@@ -104,6 +106,8 @@ def main() -> None:
     p.add_argument("--tiles", default="", help="the sweep's tiles as ROWSxKxWARPS[xITERS[xREGISTERS]],... (default: a fixed list of 13)")
     p.add_argument("--repeat", type=int, default=3,
                    help="time every kernel and the copy this many times, interleaved, and report the medians (the GPU's timings drift)")
+    p.add_argument("--graphs", action="store_true",
+                   help="time CUDA-graph replays (as training with cudagraphs=True runs them): GPU time without the host's launch cost")
     p.add_argument("--once", action="store_true",
                    help="run each case once between cudaProfilerStart/Stop, no timing (for `ncu --profile-from-start off`)")
     args = p.parse_args()
@@ -130,20 +134,21 @@ def main() -> None:
         if packed is not None:
             bytes_out += packed.codes.numel() + packed.scales.numel() + (0 if mask is None else mask.numel())
         timed.append((label, fn, bytes_in + bytes_out))  # the fewest bytes: input read once, outputs written once
+    bench = triton.testing.do_bench_cudagraph if args.graphs else triton.testing.do_bench
     if not args.once:
         copy = lambda: x.clone()  # noqa: E731
-        runs = [[triton.testing.do_bench(f, return_mode="median") for f in (copy, *(t[1] for t in timed))] for _ in range(args.repeat)]
+        runs = [[bench(f, return_mode="median") for f in (copy, *(t[1] for t in timed))] for _ in range(args.repeat)]
         med = [sorted(col)[len(col) // 2] for col in zip(*runs, strict=True)]
         copy_ms = med[0]
         copy_bw = 2 * x.numel() * x.element_size() / copy_ms / 1e9  # TB/s: read + write
         print(f"GPU: {torch.cuda.get_device_name()}, input {args.rows}x{args.cols} bf16; device-to-device copy {copy_ms:.3f} ms = {copy_bw:.2f} TB/s "
-              f"(median of {args.repeat} interleaved rounds; copy spread {min(r[0] for r in runs):.3f}-{max(r[0] for r in runs):.3f} ms)")
+              f"({'CUDA-graph replays, ' if args.graphs else ''}median of {args.repeat} interleaved rounds; copy spread {min(r[0] for r in runs):.3f}-{max(r[0] for r in runs):.3f} ms)")
         print("| kernel | time (ms) | spread (ms) | TB/s | vs copy |\n|---|---|---|---|---|")
         for i, (label, _, nbytes) in enumerate(timed, start=1):
             bw = nbytes / med[i] / 1e9
             print(f"| {label} | {med[i]:.3f} | {min(r[i] for r in runs):.3f}-{max(r[i] for r in runs):.3f} | {bw:.2f} | {bw / copy_bw:.0%} |")
     if args.sweep:
-        _sweep(x, args.repeat, cases, tiles)
+        _sweep(x, args.repeat, cases, tiles, bench)
 
 
 if __name__ == "__main__":

@@ -694,10 +694,14 @@ def default_tile(g: int, transposed: bool, rows_multiple: int = 1) -> Tile:
     """The tile the launcher uses for rotation size g (0: none), reading along rows or transposed, with a
     multiple of ``rows_multiple`` rows (16 for the rule whose scales cover 16 x 16 blocks).
 
-    The kernels are limited by how many warps the registers allow, not by issue slots (Nsight Compute on
-    the H200: 2 warps per scheduler at 32 elements per thread, 4.2 cycles between a warp's instructions), so
-    the tiles hold ~16 elements per thread (~115 registers instead of ~210; the per-thread overhead adds
-    ~20% instructions per element). A transposed read loads the tile's rows as the contiguous axis, so it
+    Session 5 found the kernels limited by how many warps their registers allowed, and chose tiles of ~16
+    elements per thread; session 9's Nsight Compute found them issue-bound at ~0.75 instructions per cycle per
+    scheduler at any occupancy (24%-92%), so instructions per element decide. Each program pays ~100
+    instructions of address and layout set-up per thread, so after the FP8 form lost its in-kernel fold (kernels/fold.py), the
+    rotated along-row MXFP4 kernels (QuEST fwd X, Tseng E) take 32 rows x 128 / 4 warps: 32 elements per thread,
+    static SASS 50 -> 42 (QuEST) and 32.5 -> 26 (Tseng) per element at 77-79 registers (24 warps per SM,
+    ``instruction_count``; to be confirmed by ``bench_kernels.py --graphs --sweep``). A transposed read loads the
+    tile's rows as the contiguous axis, so it
     takes 64 of them (128 bytes per load) and a shorter stretch along K. Hadamard-128's ``tl.dot`` needs
     64 rows of 128 to be fast. Picked from ``bench_kernels.py --sweep`` on an H200 (BENCHMARKS.md). A rotated
     transposed read is capped at 128 registers, which keeps 16 warps per SM: ``nvidia``'s Hadamard-16 E^T kernel
@@ -708,7 +712,7 @@ def default_tile(g: int, transposed: bool, rows_multiple: int = 1) -> Tile:
     elif transposed:
         tile = Tile(64, 64, 4, max_registers=128 if g else 0)
     else:
-        tile = Tile(16, 128, 4) if g else Tile(8, 128, 4)
+        tile = Tile(32, 128, 4) if g else Tile(8, 128, 4)
     return tile._replace(block_r=-(-tile.block_r // rows_multiple) * rows_multiple)
 
 

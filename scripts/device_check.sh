@@ -21,7 +21,7 @@
 #   bash scripts/device_check.sh ncu     # kernel bandwidth, then Nsight Compute counters of every quantize launch (one each)
 #   bash scripts/device_check.sh seeds   # (2 GPUs) 20m quartet: 4 seeds on 1 GPU (two at a time), 2 (DDP_SEEDS) under DDP on 2, final val losses compared
 #   bash scripts/device_check.sh gemm    # row-wise vs 1x128 block-scaled FP8 GEMMs (bench_gemm_scaling.py), ncu of the quantize kernels
-#   bash scripts/device_check.sh tiles   # kernel tests, bench_kernels --sweep (every tile, 3 rounds), bench_linear --cudagraphs (RECIPES)
+#   bash scripts/device_check.sh tiles   # kernel tests, bench_kernels --sweep (every tile, 3 rounds; SWEEP_ARGS), bench_linear --cudagraphs (RECIPES)
 #   bash scripts/device_check.sh graphs  # GPU tests, host/GPU profile with and without CUDA graphs, the linear table with them
 #   bash scripts/device_check.sh step    # GPU tests named in TESTS (if any), kernel bandwidth, tile sweeps (SWEEPS='ARGS|ARGS'), where a
 #                                        # small model's training step goes (profile_train.py; SIZE, RECIPES, PROFILE_ARGS)
@@ -188,10 +188,11 @@ case "${1:-tests}" in
       --section WarpStateStats --section InstructionStats python3 examples/bench_kernels.py --once > "$OUT/ncu.txt" 2>&1
     grep -E "^  [a-z_]+kernel|Duration|Memory Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|Executed Instructions  " "$OUT/ncu.txt" | head -200
     ;;
-  tiles)  # kernel tests on the launcher's tiles, every kernel under every tile (3 rounds), the linear table (CUDA graphs; RECIPES)
-    python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels/test_quantize_kernels.py tests/kernels/test_fold_kernels.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -6
-    timeout 330 python3 examples/bench_kernels.py --sweep 2>&1 | tee "$OUT/bench_kernels_sweep.log"
-    timeout 400 python3 examples/bench_linear.py --cudagraphs --recipes ${RECIPES:-quartet} 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
+  tiles)  # kernel tests on the launcher's tiles, every kernel under every tile (3 rounds; SWEEP_ARGS: e.g. --graphs --only .. --tiles ..),
+          # the linear table (CUDA graphs; RECIPES); TESTS_S / SWEEP_S: time limits of the first two steps
+    timeout ${TESTS_S:-400} python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels/test_quantize_kernels.py tests/kernels/test_fold_kernels.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -6
+    timeout ${SWEEP_S:-330} python3 examples/bench_kernels.py --sweep ${SWEEP_ARGS:-} 2>&1 | tee "$OUT/bench_kernels_sweep.log"
+    timeout $((${TILES_END:-575} - SECONDS)) python3 examples/bench_linear.py --cudagraphs --recipes ${RECIPES:-quartet} 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
     ;;
   speed)  # the kernels' bandwidth and the 1B training step with CUDA graphs (no tests: run `all` or `final` for those)
     timeout 150 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
