@@ -5,7 +5,8 @@
   ``q * 2^(e_g - E_r + 6)`` (exact in E4M3 while e_g >= E_r - 14; below that rounded to nearest and
   counted) and the row scale is ``2^(E_r - 6)``. E_r comes from the quantize kernel, which finds it (an atomic
   maximum per row) while it writes the codes: the fold is then one pass over the packed codes (0.53 bytes read,
-  1 written per element), ~3x fewer instructions per element than the pre-pass over the input it replaced.
+  1 written per element), 9 static SASS instructions per element against the 25 of the pre-pass over the input it
+  replaced (``python -m fp4compile.kernels.instruction_count``).
 * ``block_values_bf16``: NVFP4 (codes + E4M3 scales) -> BF16 ``q * s8`` (exact: 6 significant bits at most), or
   MXFP4 (E8M0 scales) -> BF16 ``q * 2^e`` (exact): what the BF16 GEMM multiplies, and what the backward's
   re-quantization of a saved tensor reads.

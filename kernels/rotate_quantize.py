@@ -696,23 +696,23 @@ def default_tile(g: int, transposed: bool, rows_multiple: int = 1) -> Tile:
 
     Session 5 found the kernels limited by how many warps their registers allowed, and chose tiles of ~16
     elements per thread; session 9's Nsight Compute found them issue-bound at ~0.75 instructions per cycle per
-    scheduler at any occupancy (24%-92%), so instructions per element decide. Each program pays ~100
-    instructions of address and layout set-up per thread, so after the FP8 form lost its in-kernel fold (kernels/fold.py), the
-    rotated along-row MXFP4 kernels (QuEST fwd X, Tseng E) take 32 rows x 128 / 4 warps: 32 elements per thread,
-    static SASS 50 -> 42 (QuEST) and 32.5 -> 26 (Tseng) per element at 77-79 registers (24 warps per SM,
-    ``instruction_count``; to be confirmed by ``bench_kernels.py --graphs --sweep``). A transposed read loads the
-    tile's rows as the contiguous axis, so it
-    takes 64 of them (128 bytes per load) and a shorter stretch along K. Hadamard-128's ``tl.dot`` needs
-    64 rows of 128 to be fast. Picked from ``bench_kernels.py --sweep`` on an H200 (BENCHMARKS.md). A rotated
-    transposed read is capped at 128 registers, which keeps 16 warps per SM: ``nvidia``'s Hadamard-16 E^T kernel
-    wants 141 (12 warps) and spills 4 words under the cap (``instruction_count``).
+    scheduler at any occupancy (24%-92%), so instructions per element decide, and each program pays ~100
+    instructions of address and layout set-up per thread. Session 10's sweep (``bench_kernels.py --graphs --sweep``,
+    H200, BENCHMARKS.md), after the FP8 form lost its in-kernel fold (kernels/fold.py): rotated along-row MXFP4
+    (QuEST fwd X, Tseng E) on 32 rows x 128 / 4 warps (static SASS 50 -> 42 and 32.5 -> 26 per element; 0.183 ->
+    0.166 ms and 0.148 -> 0.128 at 16384 x 4096), unrotated along-row on 16 x 128 / 4 (NVFP4 SR E 0.202 -> 0.190;
+    RTN and 4/6 equal), Hadamard-32 transposed reads on 128 x 64 / 4 (E^T 0.149 -> 0.132, Xq^T re-quantization
+    0.206 -> 0.190). A transposed read loads the tile's rows as the contiguous axis (128 bytes per load for 64
+    of them). Hadamard-128's ``tl.dot`` needs 64 rows of 128 to be fast. A rotated transposed read is capped at
+    128 registers, which keeps 16 warps per SM: ``nvidia``'s Hadamard-16 E^T kernel wants 141 (12 warps) and
+    spills 4 words under the cap (``instruction_count``).
     """
     if g == 128:
         tile = Tile(64, 128, 4)
     elif transposed:
-        tile = Tile(64, 64, 4, max_registers=128 if g else 0)
+        tile = Tile(128 if g == 32 else 64, 64, 4, max_registers=128 if g else 0)
     else:
-        tile = Tile(32, 128, 4) if g else Tile(8, 128, 4)
+        tile = Tile(32, 128, 4) if g else Tile(16, 128, 4)
     return tile._replace(block_r=-(-tile.block_r // rows_multiple) * rows_multiple)
 
 
