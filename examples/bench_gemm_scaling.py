@@ -2,10 +2,11 @@
 
     python examples/bench_gemm_scaling.py [--tokens 16384]
 
-Why: the FP8 fold of MXFP4 (hopper.md) needs one FP32 scale per row, so every quantize kernel that feeds
-a row-wise GEMM first needs a pre-pass over its input to find the row's largest scale exponent. With one
-scale per row and 128-element block (DeepSeek-style ``BlockWise1x128`` on both operands, cuBLAS >= 12.9,
-sm_90 only) the scale is known inside the quantize kernel's own tile and the pre-pass goes away. This
+Why: the FP8 fold of MXFP4 (hopper.md) needs one FP32 scale per row, so no FP8 value of a row can be written
+before its largest scale exponent is known: the lowering quantizes to packed codes first and folds them in a
+second pass (until session 9: a pre-pass over the input). With one scale per row and 128-element block
+(DeepSeek-style ``BlockWise1x128`` on both operands, cuBLAS >= 12.9, sm_90 only) the scale is known inside the
+quantize kernel's own tile and the second pass goes away. This
 prints, per GEMM of a linear layer's step (forward, grad-input, grad-weight), the time of BF16 ``mm``, the
 row-wise FP8 GEMM and the block-wise one, and checks that the block-wise GEMM with power-of-two scales gives
 the row-wise GEMM's result on the same exact values (relative error against float64). Needs an sm_90 GPU.

@@ -5,8 +5,8 @@
 For every kernel launch of the recipes' triton lowering (forward X into its GEMM form plus the packed form
 saved for the backward, backward E along N, E^T along T read transposed, and re-quantization of a saved FP4
 tensor read transposed) it prints time, effective bandwidth (the fewest bytes: input read once, outputs
-written once, over the time, which includes the pre-pass that finds NVFP4's tensor scale or the FP8 row
-scales) and the ratio to ``torch`` copying the same input (read + write). ``--graphs`` times CUDA-graph replays:
+written once, over the time, which includes the pre-pass that finds NVFP4's tensor scale or the fold that writes
+MXFP4's FP8 form from the packed codes) and the ratio to ``torch`` copying the same input (read + write). ``--graphs`` times CUDA-graph replays:
 the GPU's time alone, as training under ``cudagraphs=True`` sees it (host-launched, a kernel pair of ~0.2 ms can
 be bound by the host's launch cost). Needs a CUDA GPU.
 """

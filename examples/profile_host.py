@@ -59,7 +59,7 @@ def main() -> None:
     rows = [
         ("torch.empty (one CUDA allocation)", lambda: torch.empty(n, n, device="cuda")),
         ("one Triton launch (bf16_values_kernel)", lambda: block_values_bf16(xq[0], xq[1], q.group_size, e8m0=q.scale_format.value == "e8m0")),
-        (f"quantize_for_gemm ({form}: pre-pass + kernel)", lambda: quantize_for_gemm(x, q, None, 1, form=form)),
+        (f"quantize_for_gemm ({form}: {'kernel + fold' if form == 'fp8' else 'pre-pass + kernel'})", lambda: quantize_for_gemm(x, q, None, 1, form=form)),
         ("lowering quantize (X, forward)", lambda: triton_ops.quantize(x, r, "input", 5, forms["input"])),
         ("lowering output_gemm", lambda: triton_ops.output_gemm(xqt, wqt, torch.bfloat16)),
         ("lowering grad_input", lambda: triton_ops.grad_input(e, wqt, w, x_mask, n, r, 7, torch.bfloat16)),

@@ -850,10 +850,11 @@ def quantize_for_gemm(
     uniforms: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     tile: Tile | None = None,
 ) -> tuple[GemmValues, QuantizedTensor | None, torch.Tensor | None]:
-    """As :func:`quantize`, writing the GEMM-ready values directly (no second pass over packed FP4).
+    """As :func:`quantize`, writing the GEMM-ready values.
 
-    ``form`` is ``"fp8"`` (MXFP4 quantizers: folded FP8 values and FP32 row scales, after a pre-pass that
-    finds each row's largest scale exponent) or ``"bf16"`` (NVFP4 quantizers: exact ``q * s8``). With
+    ``form`` is ``"fp8"`` (MXFP4 quantizers: folded FP8 values and FP32 row scales; the kernel writes the packed
+    codes and each row's largest scale exponent, then ``kernels.fold`` folds the codes in a second, light pass) or
+    ``"bf16"`` (NVFP4 quantizers: exact ``q * s8``, written by the kernel itself). With
     ``keep_packed`` the packed codes, scales and mask are written too (the forward operands the backward
     re-reads); otherwise only the values. Returns ``(values, packed or None, mask bits or None)``.
     """
