@@ -109,10 +109,12 @@ def fold_kernel(codes_ptr, scales_ptr, er_ptr, out_ptr, rs_ptr, count_ptr, M, K,
     w = tl.load(codes_ptr + rows[:, None] * (K // 4) + words[None, :], mask=row_ok, other=0).to(tl.int32) & 0xFFFF  # codes 4i..4i+3
     v = _prmt(lo, hi, w & 0x7777) | _prmt(sgn, 0, (w >> 3) & 0x1111)  # bytes 4i..4i+3 of a8
     tl.store(out_ptr + rows[:, None] * (K // 4) + words[None, :], v, mask=row_ok)
-    far = (sb != 0) & ~nan & (sb - 127 < e_r[:, None] - 14)
-    if tl.max(tl.max(far.to(tl.int32), axis=1), axis=0) > 0:  # rare: count the far groups that hold a nonzero code
+    far = ~nan & (sb - 127 < e_r[:, None] - 14)  # scale byte 0 (2^-127) included: its nonzero values fold to 0
+    if tl.max(tl.max(far.to(tl.int32), axis=1), axis=0) > 0:  # rare (or all-zero groups): count the far groups holding a nonzero code
         nonzero = tl.max(tl.reshape(((w & 0x7777) != 0).to(tl.int32), (BLOCK_M, NG, GROUP // 4)), axis=2) > 0
-        tl.atomic_add(count_ptr, tl.sum(tl.sum((far & nonzero & row_ok).to(tl.int32), axis=1), axis=0).to(count_ptr.dtype.element_ty))
+        unfoldable = tl.sum(tl.sum((far & nonzero & row_ok).to(tl.int32), axis=1), axis=0)
+        if unfoldable > 0:
+            tl.atomic_add(count_ptr, unfoldable.to(count_ptr.dtype.element_ty))
     if pid_k == 0:
         tl.store(rs_ptr + rows, _pow2(e_r - 6), mask=rows < M)
 

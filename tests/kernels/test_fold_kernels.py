@@ -38,6 +38,30 @@ def test_fold_kernel_matches_torch_twin(name):
     assert count.item() == n_unfoldable > 0
 
 
+def test_fold_kernel_crafted_groups():
+    """Groups a quantizer rarely writes: far below E_r with and without a nonzero code (only the first counts as
+    unfoldable), scale byte 0 with nonzero codes (not live for E_r, but unfoldable: its values fold to 0), a NaN
+    scale, every code of both signs, -0, and a row with no nonzero code (row scale 1). The count equals the twin's."""
+    from fp4compile.kernels.fold import fold_mxfp4_fp8
+
+    gen = torch.Generator().manual_seed(5)
+    codes = torch.randint(0, 256, (4, 8 * 16), dtype=torch.uint8, generator=gen)  # 4 rows x 8 groups of 32
+    scales = torch.randint(100, 140, (4, 8), dtype=torch.uint8, generator=gen)
+    codes[0, :16] = torch.arange(16, dtype=torch.uint8) * 0x11  # group 0: codes 0..15 in both nibbles, -0 (8) included
+    scales[0, 0] = 140  # the row's E_r
+    scales[0, 1], scales[0, 2] = 140 - 20, 140 - 25  # 20 / 25 binades below: rounded (or 0) and counted...
+    codes[0, 32:48] = 0x88  # ...unless every code is zero (+-0): group 2 is not counted
+    scales[1, 3] = 0  # 2^-127 with nonzero codes: not live for E_r
+    scales[2, 5] = 255  # NaN group
+    codes[3], scales[3] = 0, 127  # no nonzero code: row scale 1
+    count = torch.zeros(1, dtype=torch.int64, device=DEV)
+    a8, row_scale = fold_mxfp4_fp8(codes.to(DEV), scales.to(DEV), counter=count)
+    r8, r_row_scale, n = hg.fold_mxfp4_fp8(codes, scales)
+    assert torch.equal(a8.view(torch.uint8).cpu(), r8.view(torch.uint8))
+    assert torch.equal(row_scale.cpu(), r_row_scale) and r_row_scale[3, 0] == 1.0
+    assert count.item() == n > 0
+
+
 @pytest.mark.parametrize("name", ["nvfp4_rtn", "nvfp4_4over6", "nvfp4_ms_eden"])
 def test_nvfp4_bf16_kernel_matches_torch_twin(name):
     from fp4compile.kernels.fold import block_values_bf16
