@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4compile.kernels.rotate_quantize import INTERPRETED, _e2m1_value, _e4m3_byte_of_fold, _e4m3_from_byte, _pow2
+from fp4compile.kernels.rotate_quantize import INTERPRETED, _e2m1_value, _e4m3_from_byte, _pow2
 
 _NONE = tl.constexpr(-1000)  # "no live group" marker for the row maximum (rotate_quantize's _NO_ROW_EXP)
 _INTERPRETED = tl.constexpr(INTERPRETED)  # Triton's CPU interpreter runs no inline PTX
@@ -60,6 +60,19 @@ def _prmt(a, b, sel):
             out = out | (((word >> (8 * (idx & 3))) & 0xFF) << (8 * i))
         return out
     return tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, sel], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _e4m3_byte_of_fold(v):
+    """E4M3 byte of v = q * 2^s >= 0 (q an E2M1 magnitude, s <= 6): exact where E4M3 holds v, RNE below.
+
+    v has at most two significant bits, so in E4M3's normal range [2^-6, 448] its FP32 bits shifted right by
+    20 are the E4M3 byte plus (127 - 7) << 3. Below 2^-6, adding 1.5 * 2^14 (FP32 quantum 2^-9, E4M3's
+    subnormal step) rounds v to nearest-even on that grid and leaves the byte in the low bits.
+    """
+    small = (v + 24576.0).to(tl.int32, bitcast=True) - 0x46C00000
+    normal = (v.to(tl.int32, bitcast=True) >> 20) - 960
+    return tl.where(v < 0.015625, small, normal)
 
 
 @triton.jit

@@ -163,29 +163,6 @@ def _signed_codes(c, x, bad):
 
 
 @triton.jit
-def _fold_byte(c, base):
-    """E4M3 byte of (E2M1 value of magnitude code c) * 2^s, given base = (s + 6) * 8, for s >= -5.
-
-    With every result in E4M3's normal range it is read off the code: 0.5 * 2^s is ``base``, and code
-    c = 2e + m >= 2 (value 2^(e-1) (1 + m/2)) is exponent e - 1 + s, mantissa 4m: ``4c + base``.
-    """
-    return tl.where(c >= 2, c * 4 + base, c * base)
-
-
-@triton.jit
-def _e4m3_byte_of_fold(v):
-    """E4M3 byte of v = q * 2^s >= 0 (q an E2M1 magnitude, s <= 6): exact where E4M3 holds v, RNE below.
-
-    v has at most two significant bits, so in E4M3's normal range [2^-6, 448] its FP32 bits shifted right by
-    20 are the E4M3 byte plus (127 - 7) << 3. Below 2^-6, adding 1.5 * 2^14 (FP32 quantum 2^-9, E4M3's
-    subnormal step) rounds v to nearest-even on that grid and leaves the byte in the low bits.
-    """
-    small = (v + 24576.0).to(tl.int32, bitcast=True) - 0x46C00000
-    normal = (v.to(tl.int32, bitcast=True) >> 20) - 960
-    return tl.where(v < 0.015625, small, normal)
-
-
-@triton.jit
 def _clamp_mag(v):
     """min(|v|, 6). NaN only arises in groups with Inf/NaN, whose codes ``_signed_codes`` overrides."""
     return tl.minimum(tl.abs(v), 6.0)
