@@ -1,7 +1,9 @@
 """Scale-layout planning: for every quantized operand of a linear layer, the form its quantize kernel writes.
 
 A quantization has up to two consumers: the GEMM that multiplies it now, and the backward that re-reads
-it later (saved). Each wants its own form, and one kernel launch writes both (``keep_packed``):
+it later (saved). Each wants its own form, and one quantize launch writes both (``keep_packed``; the FP8 form
+then takes a second, light launch that folds the packed codes, since no FP8 byte of a row can be written before
+its largest scale is known):
 
     packed    E2M1 codes [R, K/2] + scale bytes [R, K/g] (+ trust-mask bits): what is saved for the
               backward (0.53 bytes/element) and what the reference lowering multiplies
