@@ -161,6 +161,14 @@ def test_quantize_for_gemm_equals_twin_of_its_packed_output(name, rotation, sour
                        values.values.view(torch.uint8 if form == "fp8" else torch.int16).cpu())
 
 
+def test_quantize_for_gemm_fp8_of_an_empty_input():
+    """No rows: neither the quantize nor the fold kernel runs a program, and the shapes are the usual ones."""
+    from fp4compile.kernels.quantize import quantize_for_gemm
+
+    values, packed, mask = quantize_for_gemm(torch.randn(0, 256).to(DEV), f4.get_quantizer("mxfp4_quest"), None, 0, form="fp8", keep_packed=True)
+    assert values.values.shape == (0, 256) and values.row_scale.shape == (0, 1) and packed.codes.shape == (0, 128) and mask.shape == (0, 32)
+
+
 def test_quantize_for_gemm_rejects_a_form_of_the_other_format():
     from fp4compile.kernels.quantize import quantize_for_gemm
 
