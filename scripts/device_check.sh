@@ -14,7 +14,7 @@
 #   bash scripts/device_check.sh train   # bench_train.py: ~1B training step throughput and memory vs BF16 and torchao
 #   bash scripts/device_check.sh train2  # GPU tests named in TESTS, the 1B step with CUDA graphs, a 20m tokens/s probe
 #   bash scripts/device_check.sh final   # the GPU test suite, then the 1B table with and without CUDA graphs
-#   bash scripts/device_check.sh kcheck  # a kernel change: its GPU tests (TESTS), bench_kernels, bench_linear --cudagraphs (RECIPES: quartet,nvidia)
+#   bash scripts/device_check.sh kcheck  # a kernel change: its GPU tests (TESTS, TESTS_S seconds), bench_kernels --graphs, bench_linear --cudagraphs (RECIPES: quartet,nvidia)
 #   bash scripts/device_check.sh tables  # bench_linear --cudagraphs (7B shapes), then bench_train --cudagraphs (1B; RECIPES + float8 rowwise)
 #   bash scripts/device_check.sh speed   # kernel bandwidth (3 interleaved rounds), then the 1B step of every recipe + float8 row-wise, CUDA graphs
 #   bash scripts/device_check.sh multigpu  # (2 GPUs) 20m quartet: 1 GPU, another seed, DDP and FSDP2 on 2, compared
@@ -25,7 +25,8 @@
 #   bash scripts/device_check.sh graphs  # GPU tests, host/GPU profile with and without CUDA graphs, the linear table with them
 #   bash scripts/device_check.sh step    # GPU tests named in TESTS (if any), kernel bandwidth, tile sweeps (SWEEPS='ARGS|ARGS'), where a
 #                                        # small model's training step goes (profile_train.py; SIZE, RECIPES, PROFILE_ARGS)
-# torchao travels as a wheel in .whl/ (carry it). Logs land in $OUT.
+# Kernel tables and sweeps are timed as CUDA-graph replays (bench_kernels.py --graphs; since session 10), as training
+# with cudagraphs=True runs them. torchao travels as a wheel in .whl/ (carry it). Logs land in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/fp4compile_device}
 mkdir -p "$OUT"
@@ -58,7 +59,7 @@ accuracy_log_lines() {
 case "${1:-tests}" in
   tests)
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -25
-    timeout 200 python3 examples/bench_kernels.py ${SWEEP:-} 2>&1 | tee "$OUT/bench_kernels.log"
+    timeout 200 python3 examples/bench_kernels.py --graphs ${SWEEP:-} 2>&1 | tee "$OUT/bench_kernels.log"
     ;;
   bench)
     timeout 560 python3 examples/bench_linear.py "${@:2}" 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
@@ -67,7 +68,7 @@ case "${1:-tests}" in
     for r in bf16-inductor quartet quartet2 nvidia; do
       timeout 90 python3 examples/profile_linear.py --recipe "$r" --top 12 --host ${HOST:-0} 2>&1 | grep -v -i warn | tee -a "$OUT/profile.log"
     done
-    timeout 120 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
+    timeout 120 python3 examples/bench_kernels.py --graphs 2>&1 | tee "$OUT/bench_kernels.log"
     timeout 300 python3 examples/bench_linear.py 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
     ;;
   accuracy)  # [STEPS] or TPP=tokens per parameter; PARALLEL=N: N recipes at once, one per GPU; run logs and metrics copied to $OUT
@@ -90,7 +91,7 @@ case "${1:-tests}" in
          case "$item" in
            tests) timeout "$(left 90)" python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 \
                     | grep -v DEBUG > "$OUT/pytest.log" ;;
-           kernels) timeout "$(left)" python3 examples/bench_kernels.py > "$OUT/bench_kernels.log" 2>&1 ;;
+           kernels) timeout "$(left)" python3 examples/bench_kernels.py --graphs > "$OUT/bench_kernels.log" 2>&1 ;;
            profile) timeout "$(left)" python3 examples/profile_train.py --size 20m --recipes ${PROFILE_RECIPES:-quartet2} --graphs-only 2>&1 \
                       | grep -v -i warn > "$OUT/profile_train.log" ;;
            *) timeout "$(left)" python3 examples/bench_accuracy.py --tokens-per-param ${TPP:-20} --batch 128 --recipes "$item" --no-bf16 \
@@ -172,7 +173,7 @@ case "${1:-tests}" in
       --json "$OUT/bench_train_plain.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train_plain.log" | tail -6
     ;;
   ncu)  # where the quantize kernels' time goes: bandwidth table, then hardware counters per launch
-    timeout 150 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
+    timeout 150 python3 examples/bench_kernels.py --graphs 2>&1 | tee "$OUT/bench_kernels.log"
     timeout 300 ncu --clock-control none --profile-from-start off --section SpeedOfLight --section LaunchStats --section Occupancy \
       --section WarpStateStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section InstructionStats \
       python3 examples/bench_kernels.py --once ${NCU_ARGS:-} > "$OUT/ncu.txt" 2>&1
@@ -181,7 +182,7 @@ case "${1:-tests}" in
   gemm)  # row-wise against 1x128 block-wise scaled FP8 GEMMs at the Llama-7B shapes, then the ncu counters of the quantize kernels
     timeout 200 python3 examples/bench_gemm_scaling.py 2>&1 | grep -v -i warn | tee "$OUT/bench_gemm_scaling.log"
     if [ -n "${SWEEP:-}" ]; then
-      timeout 400 python3 examples/bench_kernels.py --repeat 1 --sweep 2>&1 | tee "$OUT/bench_kernels_sweep.log"
+      timeout 400 python3 examples/bench_kernels.py --graphs --repeat 1 --sweep 2>&1 | tee "$OUT/bench_kernels_sweep.log"
     fi
     if [ -z "${NCU-1}" ]; then exit 0; fi  # NCU= skips the counters
     timeout 300 ncu --clock-control none --profile-from-start off --section SpeedOfLight --section LaunchStats --section Occupancy \
@@ -191,11 +192,11 @@ case "${1:-tests}" in
   tiles)  # kernel tests on the launcher's tiles, every kernel under every tile (3 rounds; SWEEP_ARGS: e.g. --graphs --only .. --tiles ..),
           # the linear table (CUDA graphs; RECIPES); TESTS_S / SWEEP_S: time limits of the first two steps
     timeout ${TESTS_S:-400} python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels/test_quantize_kernels.py tests/kernels/test_fold_kernels.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -6
-    timeout ${SWEEP_S:-330} python3 examples/bench_kernels.py --sweep ${SWEEP_ARGS:-} 2>&1 | tee "$OUT/bench_kernels_sweep.log"
+    timeout ${SWEEP_S:-330} python3 examples/bench_kernels.py --graphs --sweep ${SWEEP_ARGS:-} 2>&1 | tee "$OUT/bench_kernels_sweep.log"
     timeout $((${TILES_END:-575} - SECONDS)) python3 examples/bench_linear.py --cudagraphs --recipes ${RECIPES:-quartet} 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
     ;;
   speed)  # the kernels' bandwidth and the 1B training step with CUDA graphs (no tests: run `all` or `final` for those)
-    timeout 150 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
+    timeout 150 python3 examples/bench_kernels.py --graphs 2>&1 | tee "$OUT/bench_kernels.log"
     timeout 400 python3 examples/bench_train.py --cudagraphs --recipes quartet,quartet2,nvidia --float8 rowwise --warmup 2 --steps 5 \
       --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -12
     ;;
@@ -203,18 +204,19 @@ case "${1:-tests}" in
     if [ -n "${TESTS:-}" ]; then
       python3 -m pytest -q -p no:cacheprovider -rs $TESTS 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -6
     fi
-    timeout 90 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
+    timeout 90 python3 examples/bench_kernels.py --graphs 2>&1 | tee "$OUT/bench_kernels.log"
     IFS='|' read -ra sweeps <<< "${SWEEPS:-}"  # tile sweeps, '|'-separated bench_kernels arguments (e.g. --only quartet2 --tiles 64x128x4,64x128x16)
     for a in "${sweeps[@]}"; do
-      timeout ${SWEEP_S:-200} python3 examples/bench_kernels.py --sweep $a 2>&1 | tee -a "$OUT/bench_kernels_sweep.log"
+      timeout ${SWEEP_S:-200} python3 examples/bench_kernels.py --graphs --sweep $a 2>&1 | tee -a "$OUT/bench_kernels_sweep.log"
     done
     timeout ${PROFILE_S:-330} python3 examples/profile_train.py --size ${SIZE:-20m} --recipes ${RECIPES:-bf16,quartet,quartet2} ${PROFILE_ARGS:-} 2>&1 \
       | grep -v -i warn | tee "$OUT/profile_train.log"
     ;;
   kcheck)  # a kernel change checked and timed in one call: its GPU tests (TESTS), the kernel table, the linear table (RECIPES)
-    timeout 240 python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels/test_quantize_kernels.py tests/kernels/test_triton_lowering.py tests/test_gpu.py} 2>&1 \
+    # a fresh machine compiles every kernel variant first: the four kernel/GPU test files took ~300 s in session 10
+    timeout ${TESTS_S:-240} python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels/test_quantize_kernels.py tests/kernels/test_triton_lowering.py tests/test_gpu.py} 2>&1 \
       | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8
-    timeout 100 python3 examples/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
+    timeout 100 python3 examples/bench_kernels.py --graphs 2>&1 | tee "$OUT/bench_kernels.log"
     timeout $((${KCHECK_END:-575} - SECONDS)) python3 examples/bench_linear.py --cudagraphs --recipes ${RECIPES:-quartet,nvidia} 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
     ;;
   tables)  # the issue's two speed tables on the current code in one call: linear layer at the 7B shapes, then the 1B step
@@ -225,7 +227,7 @@ case "${1:-tests}" in
   all)  # kernel tests, kernel bandwidth (with the tile sweep), then the linear-layer table
     python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels tests/test_gpu.py} 2>&1 | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8
     timeout 420 python3 examples/bench_linear.py --cudagraphs 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
-    timeout 90 python3 examples/bench_kernels.py ${SWEEP:-} 2>&1 | tee "$OUT/bench_kernels.log"
+    timeout 90 python3 examples/bench_kernels.py --graphs ${SWEEP:-} 2>&1 | tee "$OUT/bench_kernels.log"
     if [ -n "${TRAIN:-}" ]; then
       timeout "$TRAIN" python3 examples/bench_train.py --cudagraphs --recipes quartet --float8 '' --warmup 2 --steps 5 \
         --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -8
