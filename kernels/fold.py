@@ -21,9 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4compile.kernels.rotate_quantize import INTERPRETED, _e2m1_value, _e4m3_from_byte, _pow2
+from fp4compile.kernels.rotate_quantize import _NO_ROW_EXP, INTERPRETED, _e2m1_value, _e4m3_from_byte, _pow2
 
-_NONE = tl.constexpr(-1000)  # "no live group" marker for the row maximum (rotate_quantize's _NO_ROW_EXP)
 _INTERPRETED = tl.constexpr(INTERPRETED)  # Triton's CPU interpreter runs no inline PTX
 FOLD_BLOCK_M, FOLD_WARPS = 32, 4  # the fold's tile: 32 rows x up to 256 elements, 4 warps
 
@@ -90,7 +89,7 @@ def _fold_table(shift, nan):
 def fold_kernel(codes_ptr, scales_ptr, er_ptr, out_ptr, rs_ptr, count_ptr, M, K,
                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
     """One pass over a [BLOCK_M, BLOCK_K] tile, given each row's E_r (``er_ptr``: the quantize kernel's atomic
-    maxima, ``_NONE`` for a row without a live group):
+    maxima, ``_NO_ROW_EXP`` for a row without a live group):
 
         a8 = q * 2^(e_g - E_r + 6)   (E4M3 byte, the code's sign bit kept, 0x7F in a group with a NaN scale)
         row_scale = 2^(E_r - 6)      (written by the programs of the first K block)
@@ -108,8 +107,8 @@ def fold_kernel(codes_ptr, scales_ptr, er_ptr, out_ptr, rs_ptr, count_ptr, M, K,
     WORDS: tl.constexpr = BLOCK_K // 4
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows[:, None] < M
-    e_r = tl.load(er_ptr + rows, mask=rows < M, other=_NONE)
-    e_r = tl.where(e_r == _NONE, 6, e_r)  # a row without a live group: row scale 1
+    e_r = tl.load(er_ptr + rows, mask=rows < M, other=_NO_ROW_EXP)
+    e_r = tl.where(e_r == _NO_ROW_EXP, 6, e_r)  # a row without a live group: row scale 1
     sb = tl.load(scales_ptr + rows[:, None] * (K // GROUP) + (pid_k * NG + tl.arange(0, NG))[None, :], mask=row_ok, other=0).to(tl.int32)
     shift = tl.minimum(tl.maximum(sb - 127 - e_r[:, None] + 6, -13), 6)  # [BM, NG]; below -13 every value rounds to 0
     nan = sb == 255
@@ -161,13 +160,13 @@ def _block_k(k: int) -> int:
 
 
 def fold_mxfp4_fp8(codes: torch.Tensor, scales: torch.Tensor, row_exponents: torch.Tensor | None = None, *, group_size: int = 32,
-                   counter: torch.Tensor | None = None, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   counter: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """codes u8 [M, K/2], E8M0 scales u8 [M, K/32] -> (a8 e4m3 [M, K], row_scale f32 [M, 1]), in one launch.
 
     ``row_exponents`` (int32 [M]): each row's E_r, ``-1000`` for a row without a live group; the quantize kernel
     finds them as it writes the codes (``quantize_for_gemm``). Without them they are computed here from the codes
     by the torch twin's ``hopper_gemm.row_exponents``. The unfoldable groups are added to ``counter`` (int64 [1];
-    default: the device's fold counter, ``hopper_gemm.fold_stats``). ``out``: the u8 [M, K] buffer to write.
+    default: the device's fold counter, ``hopper_gemm.fold_stats``).
     """
     m, k = codes.shape[0], codes.shape[1] * 2
     if row_exponents is None:
@@ -178,7 +177,7 @@ def fold_mxfp4_fp8(codes: torch.Tensor, scales: torch.Tensor, row_exponents: tor
         from fp4compile.lowering.hopper_gemm import unfoldable_counter
 
         counter = unfoldable_counter(codes.device)
-    out = torch.empty(m, k, dtype=torch.uint8, device=codes.device) if out is None else out
+    out = torch.empty(m, k, dtype=torch.uint8, device=codes.device)
     row_scale = torch.empty(m, 1, dtype=torch.float32, device=codes.device)
     block_k = _block_k(k)
     fold_kernel[(triton.cdiv(m, FOLD_BLOCK_M), k // block_k)](codes.contiguous().view(torch.int16), scales.contiguous(), row_exponents, out.view(torch.int32), row_scale, counter, m, k,

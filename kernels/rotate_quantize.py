@@ -48,7 +48,7 @@ from fp4compile import seeds
 MX_OCP, MX_QUEST, MX_TSENG = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 NV_RTN, NV_4OVER6, NV_EDEN, NV_RTN16 = tl.constexpr(10), tl.constexpr(11), tl.constexpr(12), tl.constexpr(13)
 
-_NO_ROW_EXP = tl.constexpr(-1000)  # "no live group" marker of the row exponents (as kernels/fold.py)
+_NO_ROW_EXP = tl.constexpr(-1000)  # "no live group" marker of the row exponents (read by kernels/fold.py)
 _SCALE_SALT = tl.constexpr(seeds.SCALE_SALT)  # the key of MS-EDEN's scale draws is seed ^ SCALE_SALT
 _INV6 = tl.constexpr(0.16666667163372040)  # RN_float32(1 / 6), for _div_by(v, 6.0, _INV6)
 _MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: (v + MAGIC) - MAGIC rounds |v| < 2^22 to the nearest integer, ties to even
@@ -567,7 +567,7 @@ from typing import NamedTuple  # noqa: E402
 import torch  # noqa: E402
 
 from fp4compile import persistent  # noqa: E402
-from fp4compile.lowering.hopper_gemm import record_folds, unfoldable_counter  # noqa: E402
+from fp4compile.lowering.hopper_gemm import record_folds  # noqa: E402
 from fp4compile.quantized import GemmValues, QuantizedTensor, ScaleFormat  # noqa: E402
 from fp4compile.quantizers import Quantizer  # noqa: E402
 from fp4compile.reference.nvfp4 import EDEN_VAL_MAX, SR_VAL_MAX  # noqa: E402
@@ -926,7 +926,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     if values == 1:
         from fp4compile.kernels.fold import fold_mxfp4_fp8
 
-        a8, row_scale = fold_mxfp4_fp8(codes, scales, e_r, group_size=group, counter=unfoldable_counter(device))
+        a8, row_scale = fold_mxfp4_fp8(codes, scales, e_r, group_size=group)  # unfoldable groups into the device's fold counter
         record_folds(r * (k_out // group))
         gemm = GemmValues(a8, row_scale, alpha)
     elif values == 2:

@@ -171,6 +171,11 @@ def row_exponents(codes: torch.Tensor, scales: torch.Tensor, group_size: int = M
     """E_r [M, 1] (int32) of the FP8 fold: each row's largest scale exponent over the groups that hold a nonzero code and
     a scale above 2^-127; ``FP8_HEADROOM`` (row scale 1) for a row without one."""
     _, nonzero, _, e_g = _group_facts(codes, scales, group_size)
+    return _row_exponents(nonzero, e_g)
+
+
+def _row_exponents(nonzero: torch.Tensor, e_g: torch.Tensor) -> torch.Tensor:
+    """:func:`row_exponents` from the groups' facts (``_group_facts``)."""
     masked = torch.where(nonzero & (e_g > -formats.E8M0_BIAS), e_g, _NO_GROUP)
     e_r = torch.cat([masked, torch.full_like(masked[:, :1], _NO_GROUP)], -1).amax(-1, keepdim=True)  # [M, 1]
     return torch.where(e_r == _NO_GROUP, FP8_HEADROOM, e_r)
@@ -183,7 +188,7 @@ def _fold(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> tuple[t
     _check_packed(codes, scales, group_size, "fold_mxfp4_fp8")
     m = codes.shape[0]
     packed, nonzero, nan_g, e_g = _group_facts(codes, scales, group_size)
-    e_r = row_exponents(codes, scales, group_size)  # [M, 1]
+    e_r = _row_exponents(nonzero, e_g)  # [M, 1]
     row = FP8_HEADROOM - (e_g - e_r + FP8_HEADROOM).clamp(_MIN_SHIFT, FP8_HEADROOM)  # [M, G]: table row 0..19
     row = torch.where(nan_g, _NAN_ROW, row)  # a NaN scale makes its group NaN, as in block_values
     index = (row * 256)[..., None] + packed.to(torch.int32)  # [M, G, gs/2]
