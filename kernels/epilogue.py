@@ -20,8 +20,8 @@ import triton
 import triton.language as tl
 
 from fp4compile.kernels.rotate_quantize import (
-    _NO_FMA,
     PreparedRotation,
+    Tile,
     _precision,
     _rotate,
     _rotation_matrix,
@@ -57,22 +57,27 @@ def supports_width(k: int, inverse_rotation: torch.Tensor | PreparedRotation | N
     return k % max(rotation_size(inverse_rotation), 32) == 0
 
 
+EPILOGUE_TILE = Tile(32, 128, 4)
+
+
 def mask_rotate_cast(g: torch.Tensor, mask_bits: torch.Tensor | None, inverse_rotation: torch.Tensor | PreparedRotation | None, out_dtype: torch.dtype,
-                     alpha: torch.Tensor | None = None) -> torch.Tensor:
+                     alpha: torch.Tensor | None = None, tile: Tile | None = None) -> torch.Tensor:
     """``((g * alpha * mask) @ blockdiag(M^T)).to(out_dtype)`` for fp32 ``g [R, K]``; ``inverse_rotation`` is ``M^T``
-    (built on the CPU: no host sync), ``alpha`` a float32 scalar tensor on g's device."""
+    (built on the CPU: no host sync), ``alpha`` a float32 scalar tensor on g's device. ``tile``: rows x up to
+    ``block_k`` columns per program and its warps (default ``EPILOGUE_TILE``; benchmarks' sweeps)."""
     g = g.contiguous().float()
     r, k = g.shape
     g_size = rotation_size(inverse_rotation)
-    block_k = 128 if k % 128 == 0 else max(g_size, 32)
+    tile = tile or EPILOGUE_TILE
+    tile.check()
+    block_k = tile.block_k if k % tile.block_k == 0 and tile.block_k >= g_size else max(g_size, 32)
     if k % block_k:
         raise ValueError(f"epilogue kernel: K={k} is not a multiple of {block_k}")
     out = torch.empty(r, k, dtype=out_dtype, device=g.device)
     h, rot_scale = device_rotation(inverse_rotation, g.device)
     mask = mask_bits.contiguous() if mask_bits is not None else placeholder(torch.uint8, g.device)
-    block_r = 32
     alpha_t = alpha.reshape(1).float() if alpha is not None else h
-    epilogue_kernel[(triton.cdiv(r, block_r), k // block_k)](
+    epilogue_kernel[(triton.cdiv(r, tile.block_r), k // block_k)](
         g, alpha_t, mask, h, rot_scale, out, r, k, HAS_ALPHA=alpha is not None, HAS_MASK=mask_bits is not None, G=g_size, PRECISION=_precision(torch.float32, g.device),
-        BLOCK_R=block_r, BLOCK_K=block_k, **_NO_FMA)
+        BLOCK_R=tile.block_r, BLOCK_K=block_k, num_warps=tile.num_warps, **tile.compile_options())
     return out

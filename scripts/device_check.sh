@@ -14,7 +14,8 @@
 #   bash scripts/device_check.sh train   # bench_train.py: ~1B training step throughput and memory vs BF16 and torchao
 #   bash scripts/device_check.sh train2  # GPU tests named in TESTS, the 1B step with CUDA graphs, a 20m tokens/s probe
 #   bash scripts/device_check.sh final   # the GPU test suite, then the 1B table with and without CUDA graphs
-#   bash scripts/device_check.sh kcheck  # a kernel change: its GPU tests (TESTS, TESTS_S seconds), bench_kernels --graphs, bench_linear --cudagraphs (RECIPES: quartet,nvidia)
+#   bash scripts/device_check.sh kcheck  # a kernel change: its GPU tests (TESTS, TESTS_S seconds), bench_kernels --graphs (KERNEL_ARGS, e.g.
+#                                        # --prepass --epilogue; KERNELS_S seconds), bench_linear --cudagraphs (RECIPES: quartet,nvidia)
 #   bash scripts/device_check.sh tables  # bench_linear --cudagraphs (7B shapes), then bench_train --cudagraphs (1B; RECIPES + float8 rowwise)
 #   bash scripts/device_check.sh speed   # kernel bandwidth (3 interleaved rounds), then the 1B step of every recipe + float8 row-wise, CUDA graphs
 #   bash scripts/device_check.sh multigpu  # (2 GPUs) 20m quartet: 1 GPU, another seed, DDP and FSDP2 on 2, compared
@@ -216,7 +217,7 @@ case "${1:-tests}" in
     # a fresh machine compiles every kernel variant first: the four kernel/GPU test files took ~300 s in session 10
     timeout ${TESTS_S:-240} python3 -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests/kernels/test_quantize_kernels.py tests/kernels/test_triton_lowering.py tests/test_gpu.py} 2>&1 \
       | grep -v DEBUG | tee "$OUT/pytest.log" | tail -8
-    timeout 100 python3 examples/bench_kernels.py --graphs 2>&1 | tee "$OUT/bench_kernels.log"
+    timeout ${KERNELS_S:-100} python3 examples/bench_kernels.py --graphs ${KERNEL_ARGS:-} 2>&1 | tee "$OUT/bench_kernels.log"
     timeout $((${KCHECK_END:-575} - SECONDS)) python3 examples/bench_linear.py --cudagraphs --recipes ${RECIPES:-quartet,nvidia} 2>&1 | grep -v -i warn | tee "$OUT/bench_linear.log"
     ;;
   tables)  # the two speed tables on the current code in one call: linear layer at the 7B shapes, then the 1B step

@@ -86,11 +86,14 @@ def test_mxfp4_bf16_kernel_matches_block_values(name):
     assert torch.equal(got[finite].float(), ref[finite]) and torch.equal(got[finite].view(torch.int16), ref[finite].bfloat16().view(torch.int16))
 
 
+@pytest.mark.parametrize("tile", [None, (16, 64, 2), (64, 256, 8)], ids=str)
 @pytest.mark.parametrize("with_mask,rotation", [(True, "hadamard-32"), (False, "hadamard-32"), (True, None)])
-def test_epilogue_kernel_matches_torch(with_mask, rotation):
-    """Fused mask + inverse rotation + cast equals the torch composition (up to FP32 summation order)."""
+def test_epilogue_kernel_matches_torch(with_mask, rotation, tile):
+    """Fused mask + inverse rotation + cast equals the torch composition (up to FP32 summation order), on the
+    default tile and others (programs cover other slices of the rows)."""
     from fp4compile import formats
     from fp4compile.kernels.epilogue import mask_rotate_cast
+    from fp4compile.kernels.rotate_quantize import Tile
     from fp4compile.rotations import parse_rotation
 
     g = torch.randn(40, 256)
@@ -99,7 +102,7 @@ def test_epilogue_kernel_matches_torch(with_mask, rotation):
     expected = g * mask if with_mask else g
     expected = (expected if rot is None else rot.undo(expected)).to(torch.bfloat16)
     got = mask_rotate_cast(g.to(DEV), formats.pack_bits(mask).to(DEV) if with_mask else None,
-                           None if rot is None else rot.matrix(None).t(), torch.bfloat16).cpu()
+                           None if rot is None else rot.matrix(None).t(), torch.bfloat16, tile=None if tile is None else Tile(*tile)).cpu()
     assert (got.float() - expected.float()).abs().max() <= 2**-7 * expected.float().abs().max()
 
 
