@@ -21,7 +21,7 @@ import triton.testing
 
 import fp4compile as f4
 from fp4compile.kernels.quantize import quantize_for_gemm
-from fp4compile.kernels.rotate_quantize import Prepass, Tile, default_tile
+from fp4compile.kernels.rotate_quantize import Tile, default_tile
 from fp4compile.rotations import parse_rotation
 
 CASES = [
@@ -43,8 +43,7 @@ CASES = [
 
 
 def _case(case: tuple, x: torch.Tensor, **tile) -> tuple[functools.partial, int]:
-    """(the launch of one CASES row on x, bytes it reads); ``tile=Tile(...)`` overrides the launcher's tile,
-    ``prepass=Prepass(...)`` how NVFP4's pre-pass runs."""
+    """(the launch of one CASES row on x, bytes it reads); ``tile=Tile(...)`` overrides the launcher's tile."""
     _, name, rot, source, form, keep = case
     q = f4.get_quantizer(name)
     rotation = None if rot is None else parse_rotation(rot).matrix(1)
@@ -98,40 +97,12 @@ def _sweep(x: torch.Tensor, rounds: int, cases: list[tuple], tiles: list[Tile], 
               f"{med[best]:.3f} | {cells} |", flush=True)
 
 
-# NVFP4's pre-pass (kernels/rotate_quantize.Prepass): flat blocks x warps for amax_kernel, 0 = stats_kernel's 2-D tiles
-PREPASS_VARIANTS = [Prepass(0), Prepass(4096, 4), Prepass(8192, 8), Prepass(16384, 8), Prepass(16384, 16), Prepass(32768, 16),
-                    Prepass(0, tile=Tile(64, 128, 4)), Prepass(0, tile=Tile(64, 128, 8)), Prepass(0, tile=Tile(128, 64, 4)),
-                    Prepass(0, tile=Tile(64, 128, 4, 4)), Prepass(0, tile=Tile(64, 64, 4, 4))]
 EPILOGUE_CASES = [  # (label, trust mask, inverse rotation, alpha): the backward GEMMs' epilogues
     ("quartet dX / dW: mask + inverse H32 -> bf16", True, "hadamard-32", False),
     ("NVFP4 GEMMs: alpha -> bf16", False, None, True),
 ]
 EPILOGUE_TILES = [Tile(r, k, w) for r, k, w in ((32, 128, 4), (16, 128, 4), (64, 128, 4), (32, 128, 8), (64, 128, 8), (32, 256, 4),
                                                 (32, 256, 8), (64, 256, 8), (128, 128, 8), (16, 256, 4))]
-
-
-def _prepass_label(p: Prepass) -> str:
-    if p.flat_block:
-        return f"flat {p.flat_block}/{p.num_warps}"
-    return "2-D " + (p.tile.label() if p.tile is not None else "quantize tile")
-
-
-def _prepass_sweep(x: torch.Tensor, rounds: int, cases: list[tuple], bench) -> None:
-    """The NVFP4 cases under every pre-pass variant (the quantize launch is the same in all: differences are the pre-pass's)."""
-    print("| kernel (pre-pass + quantize) | launcher's (ms) | " + " | ".join(_prepass_label(p) for p in PREPASS_VARIANTS) + " |")
-    print("|---|---:|" + "---:|" * len(PREPASS_VARIANTS))
-    for case in cases:
-        if not case[1].startswith("nvfp4"):
-            continue
-        fns = {"default": _case(case, x)[0]}
-        for p in PREPASS_VARIANTS:
-            if p.flat_block and case[2] is not None:  # a rotated amax always takes the 2-D kernel: the same as Prepass(0)
-                continue
-            fns[p] = _case(case, x, prepass=p)[0]
-        runs = [{key: bench(fn, return_mode="median") for key, fn in fns.items()} for _ in range(rounds)]
-        med = {key: sorted(r[key] for r in runs)[rounds // 2] for key in fns}
-        cells = " | ".join(f"{med[p]:.3f}" if p in med else "-" for p in PREPASS_VARIANTS)
-        print(f"| {case[0]} | {med['default']:.3f} | {cells} |", flush=True)
 
 
 def _epilogue_sweep(rows: int, cols: int, rounds: int, bench) -> None:
@@ -164,7 +135,6 @@ def main() -> None:
                    help="time every kernel and the copy this many times, interleaved, and report the medians (the GPU's timings drift)")
     p.add_argument("--graphs", action="store_true",
                    help="time CUDA-graph replays (as training with cudagraphs=True runs them): GPU time without the host's launch cost")
-    p.add_argument("--prepass", action="store_true", help="also time the NVFP4 kernels under every pre-pass variant (PREPASS_VARIANTS)")
     p.add_argument("--epilogue", action="store_true", help="also time the backward GEMMs' epilogue under every tile (EPILOGUE_TILES)")
     p.add_argument("--once", action="store_true",
                    help="run each case once between cudaProfilerStart/Stop, no timing (for `ncu --profile-from-start off`)")
@@ -207,8 +177,6 @@ def main() -> None:
             print(f"| {label} | {med[i]:.3f} | {min(r[i] for r in runs):.3f}-{max(r[i] for r in runs):.3f} | {bw:.2f} | {bw / copy_bw:.0%} |")
     if args.sweep:
         _sweep(x, args.repeat, cases, tiles, bench)
-    if args.prepass:
-        _prepass_sweep(x, args.repeat, cases, bench)
     if args.epilogue:
         _epilogue_sweep(args.rows, args.cols, args.repeat, bench)
 

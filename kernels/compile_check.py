@@ -65,17 +65,13 @@ def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, pr
 
 
 def compile_stats_kernels(capability: int, *, as_launched: bool = False):
-    """NVFP4's pre-passes as (name, compiled kernel, tile): the rotated tensor amax (as MS-EDEN's, 2-D tiles) and the
-    unrotated one over the storage (``amax_kernel``: its tile is one block of ``Prepass.flat_block`` elements)."""
-    from fp4compile.kernels.rotate_quantize import NV_EDEN, Prepass, Tile, amax_kernel, stats_kernel
+    """NVFP4's pre-pass (the rotated tensor amax, as MS-EDEN's), as (name, compiled kernel, tile)."""
+    from fp4compile.kernels.rotate_quantize import NV_EDEN, stats_kernel
 
     tile = variant_tile(NV_EDEN.value, 128, False, as_launched=as_launched)
     constexprs = dict(SCALED=False, TRANS_LOAD=False, G=128, PRECISION="bf16", BLOCK_R=tile.block_r, BLOCK_K=tile.block_k, ROW_ITERS=tile.row_iters)
     yield "stats: tensor amax (RHT128)", _compile(stats_kernel, constexprs, {**_SOURCE_TYPES, "out_ptr": "*fp32"}, capability,
                                                   as_launched=as_launched, num_warps=tile.num_warps), tile
-    flat = Prepass()
-    yield "amax: tensor amax (no rotation)", _compile(amax_kernel, dict(SCALED=False, BLOCK=flat.flat_block), {**_SOURCE_TYPES, "n": "i32", "out_ptr": "*fp32"},
-                                                      capability, as_launched=as_launched, num_warps=flat.num_warps), Tile(1, flat.flat_block, flat.num_warps)
 
 
 def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launched: bool = False, num_warps: int = 4,
@@ -95,7 +91,7 @@ def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launc
     if as_launched:
         unit = "stride_r" if constexprs.get("TRANS_LOAD") else "stride_k"
         constexprs = {**constexprs, unit: 1} if unit in names else constexprs
-        sized = {"stride_r", "stride_k", "R", "K", "K_OUT", "M", "n"}
+        sized = {"stride_r", "stride_k", "R", "K", "K_OUT", "M"}
         attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in constexprs and (n.endswith("_ptr") or n in sized)}
     signature = {n: ("constexpr" if n in constexprs else types.get(n, "i32")) for n in names}
     src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)

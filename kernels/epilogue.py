@@ -57,7 +57,10 @@ def supports_width(k: int, inverse_rotation: torch.Tensor | PreparedRotation | N
     return k % max(rotation_size(inverse_rotation), 32) == 0
 
 
-EPILOGUE_TILE = Tile(32, 128, 4)
+# 32 rows x 128 / 8 warps: session 11's sweep (bench_kernels.py --graphs --epilogue, H200, 16384 x 4096): mask + inverse
+# Hadamard-32 0.135 ms against 0.139 on 32 x 128 / 4 and 0.150-0.240 on larger or smaller tiles; alpha alone 0.098 on
+# every tile (the copy's bandwidth: 6 bytes per element)
+EPILOGUE_TILE = Tile(32, 128, 8)
 
 
 def mask_rotate_cast(g: torch.Tensor, mask_bits: torch.Tensor | None, inverse_rotation: torch.Tensor | PreparedRotation | None, out_dtype: torch.dtype,

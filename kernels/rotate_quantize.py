@@ -328,29 +328,6 @@ def stats_kernel(
 
 
 @triton.jit
-def amax_kernel(x_ptr, n, alpha_ptr, out_ptr, SCALED: tl.constexpr, BLOCK: tl.constexpr):
-    """NVFP4's pre-pass without a rotation: the largest finite |x| (x times alpha_ptr[0] with SCALED) over the n
-    elements of a dense tensor's storage, into out_ptr[0] (float32, pre-zeroed) by atomic max.
-
-    An amax does not depend on which axis is quantized, so the storage is read in memory order (a transposed read
-    costs nothing here) in blocks of BLOCK, each program taking blocks pid, pid + programs, ... (grid-stride): a
-    plain reduction at the copy's bandwidth, where ``stats_kernel``'s 2-D tiles pay the quantize kernel's set-up."""
-    pid = tl.program_id(0)
-    offs = tl.arange(0, BLOCK)
-    run = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane largest finite |x| so far
-    for start in range(pid * BLOCK, n, tl.num_programs(0) * BLOCK):
-        idx = start + offs
-        x = tl.load(x_ptr + idx, mask=idx < n, other=0.0).to(tl.float32)
-        if SCALED:
-            x = x * tl.load(alpha_ptr)
-        a = tl.abs(x)
-        run = tl.maximum(run, tl.where(a < float("inf"), a, 0.0))  # Inf and NaN left out, as stats_kernel does
-    amax = tl.max(run, axis=0)
-    if amax > tl.load(out_ptr):
-        tl.atomic_max(out_ptr, amax)
-
-
-@triton.jit
 def _nv_group_scales(amax, s32, inv_s32, val_max, inv_val_max):
     """NVFP4 group scales from the groups' amax (Inf/NaN for a group holding one): (s8 as float32, its E4M3 byte,
     s8 * s32, RN(1 / (s8 * s32))). s8 = RN_E4M3(amax / val_max / s32), 0 -> 1.0; NaN for an Inf/NaN group."""
@@ -716,31 +693,6 @@ def default_tile(g: int, transposed: bool, rows_multiple: int = 1) -> Tile:
     return tile._replace(block_r=-(-tile.block_r // rows_multiple) * rows_multiple)
 
 
-AMAX_PROGRAMS_PER_SM = 4  # amax_kernel's grid: enough programs to keep every SM's loads in flight, few atomics
-
-
-class Prepass(NamedTuple):
-    """How NVFP4's pre-pass (the tensor amax) runs. Without a rotation on a tensor whose elements fill its storage:
-    ``amax_kernel`` over the storage in blocks of ``flat_block`` elements on ``num_warps`` warps; otherwise (or with
-    ``flat_block=0``) ``stats_kernel`` on ``tile`` (None: the quantize kernel's tile)."""
-
-    flat_block: int = 8192
-    num_warps: int = 8
-    tile: Tile | None = None
-
-
-def _dense_storage(x: torch.Tensor) -> bool:
-    """Whether the 2-D ``x``'s elements are exactly its storage's first ``numel`` from ``data_ptr`` (row- or column-major)."""
-    return x.is_contiguous() or x.t().is_contiguous()
-
-
-@functools.lru_cache(maxsize=8)
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1  # the CPU interpreter: programs run one after another
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 class PreparedRotation(NamedTuple):
     """A rotation ready for the kernels: ``h = M / scale`` (entries +-1, bf16, on the device) and ``scale``."""
 
@@ -843,7 +795,6 @@ def quantize(
     pad_to: int = 1,
     uniforms: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     tile: Tile | None = None,
-    prepass: Prepass | None = None,
 ) -> tuple[QuantizedTensor, torch.Tensor | None]:
     """Rotate and quantize along the last axis of ``x`` (or of ``x^T`` with ``transpose``) in one pass.
 
@@ -854,9 +805,9 @@ def quantize(
     ``prepare_rotation`` costs no host sync (a plain matrix is prepared here; tests pass those). ``seed``: an
     int or a DeviceSeed (``fp4compile.seeds``). The quantization axis is zero-padded to a multiple of ``pad_to``. ``uniforms`` (element, scale)
     replaces the kernel's counter-based draws with given ones (tests). ``tile`` overrides
-    :func:`default_tile`, ``prepass`` how NVFP4's pre-pass runs (:class:`Prepass`; benchmarks' sweeps). Returns the quantized tensor and its packed trust-mask bits (or None).
+    :func:`default_tile` (benchmarks' sweeps). Returns the quantized tensor and its packed trust-mask bits (or None).
     """
-    _, q, mask = _launch(x, quantizer, rotation, seed, "none", True, transpose, pad_to, uniforms, tile, prepass)
+    _, q, mask = _launch(x, quantizer, rotation, seed, "none", True, transpose, pad_to, uniforms, tile)
     return q, mask
 
 
@@ -875,7 +826,6 @@ def quantize_for_gemm(
     pad_to: int = 1,
     uniforms: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     tile: Tile | None = None,
-    prepass: Prepass | None = None,
 ) -> tuple[GemmValues, QuantizedTensor | None, torch.Tensor | None]:
     """As :func:`quantize`, writing the GEMM-ready values.
 
@@ -890,10 +840,10 @@ def quantize_for_gemm(
     wants = ScaleFormat.E8M0 if form == "fp8" else ScaleFormat.E4M3
     if quantizer.scale_format is not wants:
         raise ValueError(f"quantize_for_gemm: form {form!r} takes {wants.value}-scaled quantizers; {quantizer.name!r} is {quantizer.scale_format.value}")
-    return _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, tile, prepass)
+    return _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, tile)
 
 
-def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, tile, prepass):
+def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, tile):
     rule = RULES.get(quantizer.name)
     if rule is None:
         raise NotImplementedError(f"no Triton kernel for quantizer {quantizer.name!r}; it runs through the reference")
@@ -920,33 +870,20 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     rows_multiple = 16 if rule.rule == NV_RTN16.value else 1  # its scales cover 16 x 16 blocks, which must not straddle programs
     tile = Tile(*tile) if tile is not None else default_tile(g, trans_load, rows_multiple)
     tile.check()
-    if tile.block_r % rows_multiple:
-        raise ValueError(f"quantize kernel: {quantizer.name} takes tiles of a multiple of {rows_multiple} rows; got block_r={tile.block_r}")
+    block_r, largest_k, num_warps, row_iters, _ = tile
+    if block_r % rows_multiple:
+        raise ValueError(f"quantize kernel: {quantizer.name} takes tiles of a multiple of {rows_multiple} rows; got block_r={block_r}")
+    block_k = _block_k(k_out, max(group, g, 16), max(largest_k, group, g, 16))
     h, rot_scale = device_rotation(rotation, device)
-
-    def geometry(t: Tile) -> tuple[tuple[int, int], dict]:
-        """(grid, shared launch arguments) of a 2-D kernel over [r, k_out] on tile t."""
-        block_k = _block_k(k_out, max(group, g, 16), max(t.block_k, group, g, 16))
-        return (triton.cdiv(r, t.block_r * t.row_iters), k_out // block_k), dict(
-            SCALED=scaled, TRANS_LOAD=trans_load, G=g, PRECISION=_precision(dtype, device), BLOCK_R=t.block_r, BLOCK_K=block_k,
-            ROW_ITERS=t.row_iters, num_warps=t.num_warps)
-
-    grid, common = geometry(tile)
+    grid = (triton.cdiv(r, block_r * row_iters), k_out // block_k)
+    common = dict(SCALED=scaled, TRANS_LOAD=trans_load, G=g, PRECISION=_precision(dtype, device),
+                  BLOCK_R=block_r, BLOCK_K=block_k, ROW_ITERS=row_iters, num_warps=num_warps)
     source = (dense, stride_r, stride_k, alpha_src, h, rot_scale)
     is_nv = quantizer.scale_format is ScaleFormat.E4M3
     amax = placeholder(torch.float32, device)  # MXFP4 rules never read it
     if is_nv:  # pre-pass: the (rotated) amax, from which the quantize kernel forms the tensor scale
         amax = torch.zeros(1, device=device, dtype=torch.float32)
-        prepass = prepass or Prepass()
-        if g == 0 and prepass.flat_block and _dense_storage(dense):
-            n = dense.numel()
-            programs = min(triton.cdiv(n, prepass.flat_block), AMAX_PROGRAMS_PER_SM * _sm_count(device))
-            if programs:
-                amax_kernel[(programs,)](dense, n, alpha_src, amax, SCALED=scaled, BLOCK=prepass.flat_block, num_warps=prepass.num_warps)
-        else:
-            stats_tile = Tile(*prepass.tile) if prepass.tile is not None else tile
-            stats_grid, stats_common = geometry(stats_tile)
-            stats_kernel[stats_grid](*source, amax, r, k, **stats_common, **stats_tile.compile_options())
+        stats_kernel[grid](*source, amax, r, k, **common, **_NO_FMA)
     # the tensor scale (NVFP4; MXFP4's is 1, written only where the packed form keeps it) and NVFP4's alpha, each its own
     # tensor (they become op outputs), written by the kernel: no small torch ops per quantization
     write_s32 = is_nv or keep_packed
@@ -973,7 +910,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     seed_ptr, seed_salt = kernel_seed(seed, device)
     scratch = placeholder(torch.float32, device)
     if is_nv and (g > 0 or rule.rule == NV_EDEN.value):  # per program: 3 floats per scale group of its tile (_to_group_per_thread)
-        scratch = torch.empty(grid[0] * grid[1] * 3 * tile.block_r * (common["BLOCK_K"] // group), dtype=torch.float32, device=device)
+        scratch = torch.empty(grid[0] * grid[1] * 3 * block_r * (block_k // group), dtype=torch.float32, device=device)
     quantize_kernel[grid](
         *source, amax, s32, alpha_out, u_elem, u_scale, codes, scales, mask,
         out_values, e_r, scratch,

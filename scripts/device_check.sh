@@ -15,7 +15,7 @@
 #   bash scripts/device_check.sh train2  # GPU tests named in TESTS, the 1B step with CUDA graphs, a 20m tokens/s probe
 #   bash scripts/device_check.sh final   # the GPU test suite, then the 1B table with and without CUDA graphs
 #   bash scripts/device_check.sh kcheck  # a kernel change: its GPU tests (TESTS, TESTS_S seconds), bench_kernels --graphs (KERNEL_ARGS, e.g.
-#                                        # --prepass --epilogue; KERNELS_S seconds), bench_linear --cudagraphs (RECIPES: quartet,nvidia)
+#                                        # --epilogue; KERNELS_S seconds), bench_linear --cudagraphs (RECIPES: quartet,nvidia)
 #   bash scripts/device_check.sh tables  # bench_linear --cudagraphs (7B shapes), then bench_train --cudagraphs (1B; RECIPES + float8 rowwise)
 #   bash scripts/device_check.sh speed   # kernel bandwidth (3 interleaved rounds), then the 1B step of every recipe + float8 row-wise, CUDA graphs
 #   bash scripts/device_check.sh multigpu  # (2 GPUs) 20m quartet: 1 GPU, another seed, DDP and FSDP2 on 2, compared

@@ -263,7 +263,7 @@ def test_results_do_not_depend_on_the_tile(name, rotation, layout, form):
 
     q = f4.get_quantizer(name)
     _, m = _rot(rotation)
-    x = torch.randn(64, 256) * torch.logspace(-3, 3, 256)[torch.randperm(256)]  # six decades, shuffled: groups far below their row's maximum, anywhere
+    x = torch.randn(48, 256) * torch.logspace(-3, 3, 256)[torch.randperm(256)]  # six decades, shuffled: groups far below their row's maximum, anywhere
     src = (x.t().contiguous() if layout == "transposed" else x).to(DEV)
     runs = []
     for tile in (None, Tile(16, 64, 2), Tile(32, 128, 4), Tile(64, 64, 4), Tile(64, 128, 16), Tile(16, 128, 4, 2), Tile(64, 64, 4, 1, 96)):
@@ -273,34 +273,6 @@ def test_results_do_not_depend_on_the_tile(name, rotation, layout, form):
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):
             assert torch.equal(a, b) or (a.dtype.is_floating_point and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()))
-
-
-@pytest.mark.parametrize("source", ["rows", "transposed", "strided", "special", "packed"])
-def test_prepass_paths_give_the_reference_tensor_scale(source):
-    """NVFP4's pre-pass reads an unrotated dense tensor's storage in memory order (``amax_kernel``, grid-stride: here 4
-    programs over 64 blocks) and anything else in the quantize kernel's 2-D tiles (``stats_kernel``): both give the
-    reference's tensor scale, bit for bit, on a view that does not fill its storage (2-D path), Inf/NaN (left out
-    of the amax) and the re-quantization of a saved tensor (block values times its tensor scale)."""
-    from fp4compile.kernels.rotate_quantize import Prepass
-
-    q = f4.get_quantizer("nvfp4_rtn")
-    x = torch.randn(64, 256) * torch.logspace(-2, 2, 256)[torch.randperm(256)]
-    if source == "special":
-        x = _special(x)
-    big = torch.randn(64, 512)
-    src, ref_x, transpose = {"rows": (x, x, False), "transposed": (x.t().contiguous(), x, True), "special": (x, x, False),
-                             "strided": (big[:, ::2], big[:, ::2], False)}.get(source, (None, None, False))
-    if source == "packed":  # a saved NVFP4 tensor [256, 64] re-quantized along its rows' transpose
-        saved = f4.get_quantizer("nvfp4_4over6").quantize(x.t().contiguous())
-        src = f4.QuantizedTensor(saved.codes.to(DEV), saved.scales.to(DEV), saved.scale_format, saved.group_size,
-                                 saved.tensor_scale.to(DEV), saved.factor)
-        ref_x = saved.dequantize().t()
-    else:
-        src = src.to(DEV)
-    ref = q.quantize(ref_x, 0).tensor_scale.reshape(()).float()
-    for prepass in (Prepass(flat_block=256, num_warps=4), Prepass(flat_block=0), None):
-        kq, _ = _kernel()(src, q, None, seed=0, transpose=transpose, prepass=prepass)
-        assert torch.equal(kq.tensor_scale.cpu().reshape(()), ref), (prepass, kq.tensor_scale, ref)
 
 
 def test_rtn_16x16_rejects_a_tile_that_splits_its_blocks():
