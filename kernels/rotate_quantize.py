@@ -912,25 +912,22 @@ class Requantize(NamedTuple):
     pad_to: int = 1
 
 
-def requantize_in_forward(quantizer: Quantizer, rotation_size_fwd: int, requantize: Requantize, k: int) -> str | None:
-    """None when one forward launch of ``quantizer`` along K (rotation size ``rotation_size_fwd``, K = ``k``) can also
-    write ``requantize``'s operand; else why not (the lowering then re-quantizes in the backward, as before).
+def requantize_in_forward(quantizer: str, requantize: str, rotation_size_bwd: int, pad_to: int) -> str | None:
+    """None when one forward launch of ``quantizer`` along K can also write the backward's re-quantization of its
+    transpose by ``requantize`` (rotation sizes, the backward axis padded to ``pad_to``); else why not (the lowering
+    then re-quantizes in the backward, as before).
 
     The forward's tile holds 32 rows, one backward group along R, so: MXFP4 rules with a kernel on both sides, the
     backward's group 32 with a rotation of at most 32 and round-to-nearest (its stochastic draws are keyed by
-    the backward's element order and seed, which the forward's launch does not take), no padding of K, R padded
-    to at most 32."""
+    the backward's element order and seed, which the forward's launch does not take), R padded to at most 32."""
     mx = (MX_OCP.value, MX_QUEST.value, MX_TSENG.value)
-    fwd, bwd = RULES.get(quantizer.name), RULES.get(requantize.quantizer.name)
-    g = rotation_size(requantize.rotation)
+    fwd, bwd = RULES.get(quantizer), RULES.get(requantize)
     if fwd is None or bwd is None or fwd.rule not in mx or bwd.rule not in mx:
         return "the forward and backward quantizers are not both MXFP4 rules with a kernel"
     if bwd.stochastic:
-        return f"{requantize.quantizer.name} rounds stochastically (the backward draws its own uniforms)"
-    if requantize.quantizer.group_size != 32 or g not in (0, 16, 32) or 32 % max(requantize.pad_to, 1):
-        return "the backward's groups, rotation or padding do not fit one 32-row tile"
-    if k % max(quantizer.group_size, rotation_size_fwd, 16):
-        return f"K={k} would be padded"
+        return f"{requantize} rounds stochastically (the backward draws its own uniforms)"
+    if rotation_size_bwd not in (0, 16, 32) or 32 % max(pad_to, 1):
+        return "the backward's rotation or padding does not fit one 32-row tile"
     return None
 
 
@@ -942,16 +939,21 @@ def quantize_with_backward(
     requantize: Requantize,
     *,
     keep_packed: bool = False,
+    tile: Tile | None = None,
 ) -> tuple[GemmValues, QuantizedTensor | None, torch.Tensor | None, QuantizedTensor, torch.Tensor]:
     """:func:`quantize_for_gemm` of ``x [R, K]`` in the FP8 form, whose launch also writes the backward's
     ``requantize`` of the result (when :func:`requantize_in_forward` allows it): ``(values, packed or None, mask or
     None, the backward operand's packed form [K, R_pad], its row exponents [K] int32)``. Fold the last two into the
     backward GEMM's FP8 form with :func:`fold_requantized`. The same numbers as ``quantize_for_gemm(packed,
-    requantize.quantizer, requantize.rotation, ...)`` of the packed result: the same block values, rotation and rule."""
-    why = requantize_in_forward(quantizer, rotation_size(rotation), requantize, x.shape[-1])
+    requantize.quantizer, requantize.rotation, ...)`` of the packed result: the same block values, rotation and rule.
+    ``tile``: its ``block_k`` and warps (benchmarks' sweeps); its rows are always 32, one backward group."""
+    why = requantize_in_forward(quantizer.name, requantize.quantizer.name, rotation_size(requantize.rotation), requantize.pad_to)
+    multiple = max(quantizer.group_size, rotation_size(rotation), 16)
+    if why is None and x.shape[-1] % multiple:
+        why = f"K={x.shape[-1]} is not a multiple of {multiple} (it would be padded)"
     if why is not None:
         raise ValueError(f"quantize_with_backward: one launch cannot write both operands: {why}")
-    return _launch(x, quantizer, rotation, seed, "fp8", keep_packed, False, 1, None, None, requantize)
+    return _launch(x, quantizer, rotation, seed, "fp8", keep_packed, False, 1, None, tile, requantize)
 
 
 def fold_requantized(packed: QuantizedTensor, row_exponents: torch.Tensor) -> GemmValues:
