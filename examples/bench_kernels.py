@@ -21,7 +21,7 @@ import triton.testing
 
 import fp4compile as f4
 from fp4compile.kernels.quantize import quantize_for_gemm
-from fp4compile.kernels.rotate_quantize import Requantize, Tile, default_tile, fold_requantized, prepare_rotation, quantize_with_backward
+from fp4compile.kernels.rotate_quantize import Tile, default_tile
 from fp4compile.rotations import parse_rotation
 
 CASES = [
@@ -30,8 +30,6 @@ CASES = [
     ("quartet bwd E: RHT32+3/4 RTN -> fp8", "mxfp4_tseng_rtn", "random_hadamard-32", "dense", "fp8", False),
     ("quartet bwd E^T (transposed read) -> fp8", "mxfp4_tseng_rtn", "random_hadamard-32", "transposed", "fp8", False),
     ("quartet bwd Xq^T requant (packed) -> fp8", "mxfp4_tseng_rtn", "random_hadamard-32", "packed:mxfp4_quest", "fp8", False),
-    # the lowering's form "fp8+t": one launch writes fwd X and the backward's Xq^T (folded later), replacing the two rows above
-    ("quartet fwd X + bwd Xq^T in one launch (+ Xq^T fold) -> fp8 x2 + mask", "mxfp4_quest", "hadamard-32", "dense+t:mxfp4_tseng_rtn", "fp8", True),
     ("quartet-sr bwd E: RHT32+3/4 SR -> fp8", "mxfp4_tseng_sr", "random_hadamard-32", "dense", "fp8", False),
     ("quartet2 fwd X: 4/6 -> bf16 + packed", "nvfp4_4over6", None, "dense", "bf16", True),
     ("quartet2 bwd E: RHT128+MS-EDEN -> bf16", "nvfp4_ms_eden", "random_hadamard-128", "dense", "bf16", False),
@@ -49,13 +47,6 @@ def _case(case: tuple, x: torch.Tensor, **tile) -> tuple[functools.partial, int]
     _, name, rot, source, form, keep = case
     q = f4.get_quantizer(name)
     rotation = None if rot is None else parse_rotation(rot).matrix(1)
-    if source.startswith("dense+t:"):  # quantize_with_backward, then the backward's fold of what it wrote
-        req = Requantize(f4.get_quantizer(source.split(":")[1]), prepare_rotation(parse_rotation("random_hadamard-32"), 1, x.device), 32)
-
-        def both():
-            values, _, mask, bwd, row_exp = quantize_with_backward(x, q, rotation, 1, req, keep_packed=keep, **tile)
-            return values, fold_requantized(bwd, row_exp), mask
-        return both, x.numel() * 2
     if source.startswith("packed:"):
         src = f4.get_quantizer(source.split(":")[1]).quantize(x.float())
         src = f4.QuantizedTensor(src.codes, src.scales, src.scale_format, src.group_size, src.tensor_scale, src.factor)
@@ -100,7 +91,7 @@ def _sweep(x: torch.Tensor, rounds: int, cases: list[tuple], tiles: list[Tile], 
         best = min((k for k in med if k != "default"), key=med.get)
         src = case[3]
         rot = 0 if case[2] is None else parse_rotation(case[2]).size
-        d = default_tile(rot, not src.startswith("dense"))
+        d = default_tile(rot, src != "dense")
         cells = " ".join(f"{t.label()}: {med[t]:.3f}" for t in med if t != "default")
         print(f"| {case[0]} | {d.label()} | {med['default']:.3f} | {best.label()} | "
               f"{med[best]:.3f} | {cells} |", flush=True)
@@ -167,11 +158,9 @@ def main() -> None:
             torch.cuda.profiler.stop()
             print(f"| {label} | profiled once |")
             continue
-        bytes_out = values.values.numel() * values.values.element_size() + (0 if mask is None else mask.numel())
-        if isinstance(packed, f4.QuantizedTensor):
-            bytes_out += packed.codes.numel() + packed.scales.numel()
-        elif packed is not None:  # the fused row's second GEMM operand (FP8)
-            bytes_out += packed.values.numel()
+        bytes_out = values.values.numel() * values.values.element_size()
+        if packed is not None:
+            bytes_out += packed.codes.numel() + packed.scales.numel() + (0 if mask is None else mask.numel())
         timed.append((label, fn, bytes_in + bytes_out))  # the fewest bytes: input read once, outputs written once
     bench = triton.testing.do_bench_cudagraph if args.graphs else triton.testing.do_bench
     if not args.once:

@@ -17,7 +17,7 @@ import torch
 
 import fp4compile
 from fp4compile.config import get_recipe
-from fp4compile.lowering.layout_plan import op_form, plan_linear
+from fp4compile.lowering.layout_plan import plan_linear
 
 
 def _sqnr(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -51,17 +51,15 @@ def main() -> None:
     for recipe in args.recipes.split(","):
         out = {}
         for kernel in kernels:
-            forms = {pl.operand: op_form(pl) for pl in plan_linear(get_recipe(recipe), kernel, x.device) if pl.gemm == "output"}
+            forms = {pl.operand: pl.form.value for pl in plan_linear(get_recipe(recipe), kernel, x.device) if pl.gemm == "output"}
             xq = ops.quantize(x, recipe, "input", seed, 0, kernel, forms["input"])
             wq = ops.quantize(w, recipe, "weight", seed, 0, kernel, forms["weight"])
-            values = (xq[4], xq[5], wq[4], wq[5]) if "packed" not in forms.values() else ()
+            values = (xq[4], xq[5], wq[4], wq[5]) if forms["input"] == forms["weight"] != "packed" else ()
             y = ops.output_gemm(*xq[:3], *wq[:3], recipe, torch.bfloat16, kernel, *values)
             x_mask = xq[3] if xq[3].numel() else None
             w_mask = wq[3] if wq[3].numel() else None
-            # "fp8+t": the forward's launch wrote the backward operand; the backward folds it (its rows' exponents)
-            w_exp, x_exp = ([q[6]] if forms[o] == "fp8+t" else [] for q, o in ((wq, "weight"), (xq, "input")))
-            dx = ops.grad_input(e, *wq[:3], w, x_mask, k, recipe, seed, torch.bfloat16, kernel, *w_exp)
-            dw = ops.grad_weight(e, *xq[:3], x, w_mask, k, recipe, seed, torch.bfloat16, kernel, *x_exp)
+            dx = ops.grad_input(e, *wq[:3], w, x_mask, k, recipe, seed, torch.bfloat16, kernel)
+            dw = ops.grad_weight(e, *xq[:3], x, w_mask, k, recipe, seed, torch.bfloat16, kernel)
             out[kernel] = {"y": y, "dX": dx, "dW": dw}
             cos = "-"
             if kernel == "triton":

@@ -8,20 +8,15 @@ Per quantized linear layer ``y = x W^T`` (x ``[T, K]``, W ``[N, K]``, E = dL/dy 
   (the count), so every call site gets its own ``site`` key (identical calls would be merged by
   common-subexpression elimination).
 * ``quantize(t, recipe, operand, seed, fallback_seed, kernel, form) -> (codes, scales, tensor_scale, mask,
-  values, row_scale, row_exponents)``: the output GEMM's rotation and quantizer for ``operand`` ("input" or
-  "weight"), along the last dim. ``mask`` is the trust mask packed one bit per element, or an empty tensor. ``form``
+  values, row_scale)``: the output GEMM's rotation and quantizer for ``operand`` ("input" or "weight"),
+  along the last dim. ``mask`` is the trust mask packed one bit per element, or an empty tensor. ``form``
   is the layout plan's decision (lowering/layout_plan.py): ``"packed"`` leaves ``values`` and ``row_scale``
   empty; ``"fp8"`` / ``"bf16"`` also return the GEMM-ready values ``[R, K]`` (and FP32 row scales
   ``[R, 1]`` for FP8) from the same kernel launch, while the packed outputs are what the backward saves.
-  ``"fp8+t"`` (``OperandPlan.writes_backward``): the packed outputs are instead the backward GEMM's operand, the
-  forward result re-quantized along the other axis (``[K, R_pad / 2]`` codes, ``[K, R_pad / 32]`` scales), and
-  ``row_exponents`` ``[K]`` (int32) is what its FP8 fold needs; empty for the other forms.
 * ``output_gemm(x codes/scales/tensor_scale, w codes/scales/tensor_scale, recipe, out_dtype, kernel,
   x values/row_scale, w values/row_scale)``: ``y = Xq @ Wq^T`` ``[T, N]``, from the values when given.
-* ``grad_input(E, W codes/scales/tensor_scale?, W?, x_mask?, recipe, seed, out_dtype, kernel, w_row_exponents?)``:
-  ``[T, K]``; with ``w_row_exponents`` the W parts are the operand the forward's ``"fp8+t"`` launch wrote.
-* ``grad_weight(E, X codes/scales/tensor_scale?, X?, w_mask?, recipe, seed, out_dtype, kernel, x_row_exponents?)``:
-  ``[N, K]``; likewise for X.
+* ``grad_input(E, W codes/scales/tensor_scale?, W?, x_mask?, recipe, seed, out_dtype, kernel)``: ``[T, K]``.
+* ``grad_weight(E, X codes/scales/tensor_scale?, X?, w_mask?, recipe, seed, out_dtype, kernel)``: ``[N, K]``.
 
 The quantized operands are separate tensors so that the partitioner saves FP4 codes and scales for the
 backward instead of the high-precision activations. ``kernel`` is the lowering decision recorded per
@@ -103,23 +98,15 @@ def _counter(state: int, site: str, device: torch.device) -> Tensor:
 _VALUE_DTYPES = {"fp8": torch.float8_e4m3fn, "bf16": torch.bfloat16}
 
 
-WITH_BACKWARD = "fp8+t"  # the form whose launch also writes the backward's re-quantization (layout_plan.OperandPlan.writes_backward)
-
-
 def _check_form(form: str) -> None:
-    if form not in ("packed", WITH_BACKWARD) and form not in _VALUE_DTYPES:
-        raise ValueError(f"fp4compile::quantize: form must be 'packed', 'fp8', 'fp8+t' or 'bf16', got {form!r}")
-
-
-def _requantizing_gemm(recipe: Recipe, operand: str):
-    """The backward GEMM whose second operand re-quantizes the forward's ``operand``: dW for X, dX for W."""
-    return recipe.grad_weight if operand == "input" else recipe.grad_input
+    if form != "packed" and form not in _VALUE_DTYPES:
+        raise ValueError(f"fp4compile::quantize: form must be 'packed', 'fp8' or 'bf16', got {form!r}")
 
 
 @torch.library.custom_op("fp4compile::quantize", mutates_args=())
 def quantize(
     t: Tensor, recipe: str, operand: str, seed: Tensor | None, fallback_seed: int, kernel: str, form: str = "packed"
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     _check_form(form)
     r = get_recipe(recipe)
     if (impl := _lowered(kernel)) is not None:
@@ -132,7 +119,7 @@ def quantize(
     q = get_quantizer(name).quantize(rot.apply(t, ref.rotation_seed(s, "output")), sub_seed(s, "output", operand))
     empty = torch.empty(0, dtype=torch.uint8, device=t.device)
     mask = formats.pack_bits(q.mask) if q.mask is not None else empty
-    return q.codes, q.scales, q.tensor_scale.reshape(()).float(), mask, empty.clone(), empty.clone(), empty.clone()
+    return q.codes, q.scales, q.tensor_scale.reshape(()).float(), mask, empty.clone(), empty.clone()
 
 
 @quantize.register_fake
@@ -145,17 +132,11 @@ def _(t, recipe, operand, seed, fallback_seed, kernel, form="packed"):
     scales = t.new_empty((*rows, k // q.group_size), dtype=torch.uint8)
     tscale = t.new_empty((), dtype=torch.float32)
     mask = t.new_empty((*rows, k // 8), dtype=torch.uint8) if q.has_mask else t.new_empty((0,), dtype=torch.uint8)
-    none = t.new_empty((0,), dtype=torch.uint8)
     if form == "packed":
-        return codes, scales, tscale, mask, none, none.clone(), none.clone()
-    values = t.new_empty((*rows, k), dtype=_VALUE_DTYPES.get(form, torch.float8_e4m3fn))
-    row_scale = t.new_empty((*rows, 1), dtype=torch.float32) if form != "bf16" else none.clone()
-    if form == WITH_BACKWARD:  # the backward operand [K, R padded to its groups of 32]
-        r_pad = (t.shape[0] + 31) // 32 * 32
-        bq = get_quantizer(_requantizing_gemm(r, operand).b)
-        return (t.new_empty((k, r_pad // 2), dtype=torch.uint8), t.new_empty((k, r_pad // bq.group_size), dtype=torch.uint8), tscale, mask,
-                values, row_scale, t.new_empty((k,), dtype=torch.int32))
-    return codes, scales, tscale, mask, values, row_scale, none.clone()
+        return codes, scales, tscale, mask, t.new_empty((0,), dtype=torch.uint8), t.new_empty((0,), dtype=torch.uint8)
+    values = t.new_empty((*rows, k), dtype=_VALUE_DTYPES[form])
+    row_scale = t.new_empty((*rows, 1), dtype=torch.float32) if form == "fp8" else t.new_empty((0,), dtype=torch.uint8)
+    return codes, scales, tscale, mask, values, row_scale
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,12 +186,8 @@ def grad_input(
     seed: Tensor,
     out_dtype: torch.dtype,
     kernel: str,
-    w_row_exponents: Tensor | None = None,
 ) -> Tensor:
     r = get_recipe(recipe)
-    if w_row_exponents is not None:  # the operand the forward's "fp8+t" launch wrote
-        return _lowered_requantized(kernel).grad_input(grad, _unflatten(r, r.grad_input.b, w_codes, w_scales, w_tscale), None, x_mask, k, r,
-                                                       DeviceSeed(seed), out_dtype, w_row_exponents)
     wq = _unflatten(r, r.output.b, w_codes, w_scales, w_tscale)
     if (impl := _lowered(kernel)) is not None:
         return impl.grad_input(grad, wq, w_hp, x_mask, k, r, DeviceSeed(seed), out_dtype)
@@ -219,15 +196,8 @@ def grad_input(
     return ref.grad_input(grad, wq, w_hp, mask, r, _host_seed(seed, 0), out_dtype)
 
 
-def _lowered_requantized(kernel: str):
-    impl = _lowered(kernel)
-    if impl is None:
-        raise ValueError("fp4compile: an operand written by the forward's 'fp8+t' launch needs a kernel lowering, not the reference")
-    return impl
-
-
 @grad_input.register_fake
-def _(grad, w_codes, w_scales, w_tscale, w_hp, x_mask, k, recipe, seed, out_dtype, kernel, w_row_exponents=None):
+def _(grad, w_codes, w_scales, w_tscale, w_hp, x_mask, k, recipe, seed, out_dtype, kernel):
     return grad.new_empty((grad.shape[0], k), dtype=out_dtype)
 
 
@@ -244,12 +214,8 @@ def grad_weight(
     seed: Tensor,
     out_dtype: torch.dtype,
     kernel: str,
-    x_row_exponents: Tensor | None = None,
 ) -> Tensor:
     r = get_recipe(recipe)
-    if x_row_exponents is not None:  # the operand the forward's "fp8+t" launch wrote
-        return _lowered_requantized(kernel).grad_weight(grad, _unflatten(r, r.grad_weight.b, x_codes, x_scales, x_tscale), None, w_mask, k, r,
-                                                        DeviceSeed(seed), out_dtype, x_row_exponents)
     xq = _unflatten(r, r.output.a, x_codes, x_scales, x_tscale)
     if (impl := _lowered(kernel)) is not None:
         return impl.grad_weight(grad, xq, x_hp, w_mask, k, r, DeviceSeed(seed), out_dtype)
@@ -259,5 +225,5 @@ def grad_weight(
 
 
 @grad_weight.register_fake
-def _(grad, x_codes, x_scales, x_tscale, x_hp, w_mask, k, recipe, seed, out_dtype, kernel, x_row_exponents=None):
+def _(grad, x_codes, x_scales, x_tscale, x_hp, w_mask, k, recipe, seed, out_dtype, kernel):
     return grad.new_empty((grad.shape[1], k), dtype=out_dtype)

@@ -45,30 +45,21 @@ def variant_tile(rule: int, g: int, transposed: bool, *, as_launched: bool):
     return default_tile(g, transposed, 16 if rule == NV_RTN16.value else 1) if as_launched else Tile(32, 128, 4)
 
 
-# The forward launch that also writes the backward's re-quantization (quantize_with_backward): Quartet's X / W along K
-# with QuEST after Hadamard-32, and Xq^T / Wq^T with 3/4 RTN after a random Hadamard-32; (name, VARIANTS fields, BWD_RULE, BWD_G)
-BWD_VARIANTS = [("mxfp4_quest+H32 -> fp8 + packed + tseng_rtn+RHT32 of its transpose", (1, False, 32, 32, "bf16", False, False, True, 1, True), 2, 32)]
-
-
 def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, precision: str, scaled: bool, transposed: bool, mask: bool,
-                    values: int, write_packed: bool, *, as_launched: bool = False, bwd_rule: int = -1, bwd_g: int = 0):
-    """(the compiled quantize kernel of one VARIANTS row, the tile it was compiled for); ``bwd_rule`` >= 0: with the
-    backward's re-quantization of its transpose (a BWD_VARIANTS row: 32-row tiles)."""
+                    values: int, write_packed: bool, *, as_launched: bool = False):
+    """(the compiled quantize kernel of one VARIANTS row, the tile it was compiled for)."""
 
     from fp4compile.kernels.rotate_quantize import quantize_kernel
 
     tile = variant_tile(rule, g, transposed, as_launched=as_launched)
-    if bwd_rule >= 0:
-        tile = tile._replace(block_r=32, row_iters=1)
     constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=scaled, TRANS_LOAD=transposed,
                       HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed, VALUES=values,
-                      WRITE_S32=write_packed or rule >= 10, BWD_RULE=bwd_rule, BWD_G=bwd_g, BLOCK_R=tile.block_r, BLOCK_K=tile.block_k,
+                      WRITE_S32=write_packed or rule >= 10, BLOCK_R=tile.block_r, BLOCK_K=tile.block_k,
                       ROW_ITERS=tile.row_iters)
     types = {**_SOURCE_TYPES, "amax_ptr": "*fp32", "s32_ptr": "*fp32", "alpha_out_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32",
              "mask_ptr": "*u8", "val_max": "fp32", "ts_den": "fp32", "inv_val_max": "fp32",
              "inv_ts_den": "fp32", "factor": "fp32", "scratch_ptr": "*fp32",
-             "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "seed_ptr": "*i64",
-             "bwd_h_ptr": "*bf16", "bwd_rot_scale": "fp32", "bwd_alpha": "fp32", "bwd_codes_ptr": "*u8", "bwd_scales_ptr": "*u8", "bwd_er_ptr": "*i32"}
+             "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "seed_ptr": "*i64"}
     return _compile(quantize_kernel, constexprs, types, capability, as_launched=as_launched, num_warps=tile.num_warps,
                     options=tile.compile_options()), tile
 
@@ -100,7 +91,7 @@ def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launc
     if as_launched:
         unit = "stride_r" if constexprs.get("TRANS_LOAD") else "stride_k"
         constexprs = {**constexprs, unit: 1} if unit in names else constexprs
-        sized = {"stride_r", "stride_k", "R", "K", "K_OUT", "M", "T_OUT"}
+        sized = {"stride_r", "stride_k", "R", "K", "K_OUT", "M"}
         attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in constexprs and (n.endswith("_ptr") or n in sized)}
     signature = {n: ("constexpr" if n in constexprs else types.get(n, "i32")) for n in names}
     src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
@@ -140,11 +131,11 @@ def main(capabilities: list[int]) -> int:
         return 2
     failed = 0
     for cap in capabilities:
-        for name, *args, bwd in [*((*v, {}) for v in VARIANTS), *((n, *a, dict(bwd_rule=r, bwd_g=g)) for n, a, r, g in BWD_VARIANTS)]:
+        for name, *args in VARIANTS:
             if cap >= 100 and args[-2] == HOPPER_ONLY_VALUES:
                 continue
             try:
-                kernel, _ = compile_variant(cap, *args, **bwd)
+                kernel, _ = compile_variant(cap, *args)
                 print(f"sm_{cap} {name}: ok ({len(kernel.asm['cubin'])} bytes of cubin)")
             except Exception as err:  # report every variant, then fail
                 failed += 1

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 
-from fp4compile.kernels.compile_check import BWD_VARIANTS, VARIANTS, compile_fold, compile_stats_kernels, compile_variant
+from fp4compile.kernels.compile_check import VARIANTS, compile_fold, compile_stats_kernels, compile_variant
 from fp4compile.kernels.rotate_quantize import Tile
 
 _OPCODE = re.compile(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
@@ -86,9 +86,6 @@ def main() -> int:
     # each variant on the launcher's tile (default_tile), as it runs
     for name, *args in VARIANTS:
         kernel, tile = compile_variant(90, *args, as_launched=True)
-        print(report(name, kernel.asm["cubin"], tile))
-    for name, args, bwd_rule, bwd_g in BWD_VARIANTS:
-        kernel, tile = compile_variant(90, *args, as_launched=True, bwd_rule=bwd_rule, bwd_g=bwd_g)
         print(report(name, kernel.asm["cubin"], tile))
     for name, kernel, tile in compile_stats_kernels(90, as_launched=True):
         print(report(name, kernel.asm["cubin"], tile))

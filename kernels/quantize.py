@@ -9,15 +9,12 @@ from __future__ import annotations
 from fp4compile.kernels import HAS_TRITON, require_triton
 
 if HAS_TRITON:
-    from fp4compile.kernels.rotate_quantize import RULES, quantize, quantize_for_gemm, requantize_in_forward, supports
+    from fp4compile.kernels.rotate_quantize import RULES, quantize, quantize_for_gemm, supports
 else:  # pragma: no cover - exercised on machines without Triton
     RULES: dict = {}
 
     def supports(quantizer) -> bool:
         return False
-
-    def requantize_in_forward(*args) -> str:
-        return "no Triton"
 
     def quantize(*args, **kwargs):
         require_triton("the Triton quantize kernel")
@@ -26,4 +23,4 @@ else:  # pragma: no cover - exercised on machines without Triton
         require_triton("the Triton quantize kernel")
 
 
-__all__ = ["RULES", "quantize", "quantize_for_gemm", "requantize_in_forward", "supports"]
+__all__ = ["RULES", "quantize", "quantize_for_gemm", "supports"]

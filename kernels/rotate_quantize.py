@@ -232,75 +232,6 @@ def _mx_exponent(xg, amax, RULE: tl.constexpr, GROUP: tl.constexpr):
 
 
 @triton.jit
-def _mx_quantize(xg, amax, bad, bad2, u_ptr, elem, in_bounds, seed, RULE: tl.constexpr, SR: tl.constexpr, HAS_U: tl.constexpr,
-                 GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """An MXFP4 rule on groups xg [BLOCK_R, NG, GROUP] (amax and Inf/NaN flags [BLOCK_R, NG] from ``_group_stats``, the
-    flags per element bad2 [BLOCK_R, BLOCK_K]): (signed codes 0..15, their magnitudes' values, x scaled, each [BLOCK_R,
-    BLOCK_K]; scale exponents and bytes [BLOCK_R, NG]; each row's largest scale exponent over its groups with a nonzero
-    code and a scale above 2^-127, or _NO_ROW_EXP: what the FP8 fold's row scale needs [BLOCK_R])."""
-    NG: tl.constexpr = BLOCK_K // GROUP
-    e = _mx_exponent(xg, amax, RULE, GROUP)
-    byte = tl.where(bad, 255, e + 127)
-    # x / 2^e as x * 2^-e (a power of two too, e in [-127, 127]): the same FP32 result. Tseng's
-    # (x * 0.75) / 2^e as x * (0.75 * 2^-e): equal wherever the result is an FP32 normal (below, code 0)
-    inv = _pow2(-e)
-    if RULE == MX_TSENG:
-        inv = inv * 0.75
-    scaled2 = tl.reshape(xg * inv[:, :, None], (BLOCK_R, BLOCK_K))
-    mag = _clamp_mag(scaled2)
-    cmag, q = _round(mag, u_ptr, elem, in_bounds, seed, SR, HAS_U)
-    codes = _signed_codes(cmag, scaled2, bad2)
-    if SR:
-        nonzero = tl.max(tl.reshape(cmag, (BLOCK_R, NG, GROUP)), axis=2) > 0
-    else:  # RTN: code 0 exactly for |x| * inv <= 0.25, and rounding is monotone
-        nonzero = amax * inv > 0.25
-    live = nonzero & ~bad & (e > -127)
-    return codes, q, scaled2, e, byte, tl.max(tl.where(live, e, _NO_ROW_EXP), axis=1)
-
-
-@triton.jit
-def _pack_pairs(codes, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Codes 0..15 [BLOCK_R, BLOCK_K] -> bytes [BLOCK_R, BLOCK_K / 2]: element 2i in the low nibble, 2i + 1 in the high."""
-    lo, hi = tl.split(tl.reshape(codes, (BLOCK_R, BLOCK_K // 2, 2)))
-    return (lo | (hi << 4)).to(tl.uint8)
-
-
-@triton.jit
-def _requantize_transposed(q, codes, e, bad2, rows, ks, mb, bwd_rot_scale, bwd_alpha, bwd_codes_ptr, bwd_scales_ptr, bwd_er_ptr, K, T_OUT, seed,
-                           BWD_RULE: tl.constexpr, BWD_G: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr,
-                           BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The backward's re-quantization of this tile, written by the forward's launch: what ``quantize`` of the saved
-    packed form [R, K] read transposed (SCALED) would write for [K, R] along R, from the values in registers.
-
-    The tile's BLOCK_R rows are one group along R (BLOCK_R = the backward group = 32, a multiple of its rotation
-    BWD_G), so every backward group lies in this program: the forward's dequantized values ``+-q * 2^e`` (exact in
-    BF16: the block values the re-quantization reads), transposed to [BLOCK_K, BLOCK_R], rotated along R by the
-    backward's matrix, times alpha (the saved tensor's scale 1 times its factor), quantized by the RTN rule
-    BWD_RULE; packed codes [K, T_OUT / 2], scale bytes [K, T_OUT / 32] and each row's largest live scale
-    exponent (atomic max) for the FP8 fold, as the re-quantization kernel writes them. Rows past R hold zeros,
-    which is the re-quantization's zero padding of R up to T_OUT.
-    """
-    NG: tl.constexpr = BLOCK_K // GROUP
-    e2 = tl.reshape(tl.broadcast_to(e[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
-    v = q * _pow2(e2)  # |dequantized value|, exact (a power-of-two scale; 2^-127 scales give FP32 subnormals, still exact)
-    v = (v.to(tl.int32, bitcast=True) | ((codes >> 3) << 31)).to(tl.float32, bitcast=True)  # the code's sign (-0 kept)
-    v = tl.where(bad2, float("nan"), v)  # a group with Inf/NaN dequantizes to NaN (its scale byte 255)
-    vt = tl.trans(v.to(tl.bfloat16)).to(tl.float32)  # [BLOCK_K, BLOCK_R]: the block values as the transposed read loads them
-    if BWD_G > 0:
-        vt = _rotate(vt, mb, bwd_rot_scale, BLOCK_K, BLOCK_R, BWD_G, PRECISION)
-    vt = vt * bwd_alpha
-    xg, amax, bad = _group_stats(vt, BLOCK_K, BLOCK_R, BLOCK_R)  # one group per row: [BLOCK_K, 1, BLOCK_R], [BLOCK_K, 1]
-    bad_t = tl.reshape(tl.broadcast_to(bad[:, :, None], (BLOCK_K, 1, BLOCK_R)), (BLOCK_K, BLOCK_R))
-    codes_t, _, _, _, byte_t, row_exp = _mx_quantize(xg, amax, bad, bad_t, None, None, None, seed,  # RTN: no uniforms
-                                                     BWD_RULE, False, False, BLOCK_R, BLOCK_K, BLOCK_R)
-    block = tl.program_id(0)  # this program's group along R (ROW_ITERS = 1)
-    tc = block * (BLOCK_R // 2) + tl.arange(0, BLOCK_R // 2)
-    tl.store(bwd_codes_ptr + ks[:, None] * (T_OUT // 2) + tc[None, :], _pack_pairs(codes_t, BLOCK_K, BLOCK_R))
-    tl.store(bwd_scales_ptr + ks[:, None] * (T_OUT // BLOCK_R) + block + tl.zeros([BLOCK_K, 1], dtype=tl.int32), byte_t.to(tl.uint8))
-    tl.atomic_max(bwd_er_ptr + ks, row_exp, mask=ks < K)
-
-
-@triton.jit
 def _group_stats(x, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
     """x [BLOCK_R, BLOCK_K] -> (groups [BLOCK_R, NG, GROUP], amax [BLOCK_R, NG], bad [BLOCK_R, NG]: Inf or NaN inside)."""
     xg = tl.reshape(x, (BLOCK_R, BLOCK_K // GROUP, GROUP))
@@ -476,16 +407,13 @@ def quantize_kernel(
     values_ptr, er_ptr,
     # NVFP4 after a rotation: 3 x BLOCK_R x NG float32 per program for the per-group work (_to_group_per_thread)
     scratch_ptr,
-    # BWD_RULE >= 0 (an MXFP4 RTN rule): also the backward's re-quantization of this tensor, [K, T_OUT] along R
-    # (_requantize_transposed): its rotation, alpha, packed codes, scale bytes and row exponents
-    bwd_h_ptr, bwd_rot_scale, bwd_alpha, bwd_codes_ptr, bwd_scales_ptr, bwd_er_ptr, T_OUT,
     # the seed: seed_ptr[0] ^ seed_salt, low 31 bits (a step's seed on the device; SR and EDEN's scale SR)
     R, K, K_OUT, seed_ptr, seed_salt,
     # NVFP4: val_max for RTN / EDEN, scales_max * val_max (s32 = amax / it), their float32 reciprocals RN(1 / .), the factor
     val_max, ts_den, inv_val_max, inv_ts_den, factor,
     RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
     SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, HAS_U: tl.constexpr, WRITE_MASK: tl.constexpr, CORR: tl.constexpr, WRITE_PACKED: tl.constexpr, VALUES: tl.constexpr,
-    WRITE_S32: tl.constexpr, BWD_RULE: tl.constexpr, BWD_G: tl.constexpr,
+    WRITE_S32: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ROW_ITERS: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
@@ -493,7 +421,6 @@ def quantize_kernel(
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     seed = (tl.load(seed_ptr) & 0x7FFFFFFF) ^ seed_salt
     m = _rotation_matrix(h_ptr, G, PRECISION)
-    mb = _rotation_matrix(bwd_h_ptr, BWD_G, PRECISION)  # the backward's (BWD_RULE >= 0)
     for it in range(ROW_ITERS):  # row blocks pid_r * ROW_ITERS + it, sharing the rotation matrix
         row_block = pid_r * ROW_ITERS + it
         rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -512,15 +439,26 @@ def quantize_kernel(
         bad2 = tl.reshape(tl.broadcast_to(bad[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
 
         if RULE == MX_OCP or RULE == MX_TSENG or RULE == MX_QUEST:
-            codes, q, scaled2, e, byte, row_exp = _mx_quantize(xg, amax, bad, bad2, u_ptr, elem, (r2 < R) & (k2 < K_OUT), seed,
-                                                               RULE, SR, HAS_U, GROUP, BLOCK_R, BLOCK_K)
-            if VALUES == 1:
-                tl.atomic_max(er_ptr + rows, row_exp, mask=rows < R)
+            e = _mx_exponent(xg, amax, RULE, GROUP)
+            byte = tl.where(bad, 255, e + 127)
+            # x / 2^e as x * 2^-e (a power of two too, e in [-127, 127]): the same FP32 result. Tseng's
+            # (x * 0.75) / 2^e as x * (0.75 * 2^-e): equal wherever the result is an FP32 normal (below, code 0)
+            inv = _pow2(-e)
+            if RULE == MX_TSENG:
+                inv = inv * 0.75
+            scaled2 = tl.reshape(xg * inv[:, :, None], (BLOCK_R, BLOCK_K))
+            mag = _clamp_mag(scaled2)
+            cmag, q = _round(mag, u_ptr, elem, (r2 < R) & (k2 < K_OUT), seed, SR, HAS_U)
+            codes = _signed_codes(cmag, scaled2, bad2)
+            if VALUES == 1:  # each row's largest scale exponent over its groups with a nonzero code and a scale above 2^-127
+                if SR:
+                    nonzero = tl.max(tl.reshape(cmag, (BLOCK_R, NG, GROUP)), axis=2) > 0
+                else:  # RTN: code 0 exactly for |x| * inv <= 0.25, and rounding is monotone
+                    nonzero = amax * inv > 0.25
+                live = nonzero & ~bad & (e > -127)
+                tl.atomic_max(er_ptr + rows, tl.max(tl.where(live, e, _NO_ROW_EXP), axis=1), mask=rows < R)
             if WRITE_MASK:
                 trust = ((tl.abs(scaled2) < 6.0) & ~bad2).to(tl.int32)
-            if BWD_RULE >= 0:  # the backward's operand from this tile's quantized values (see _requantize_transposed)
-                _requantize_transposed(q, codes, e, bad2, rows, ks, mb, bwd_rot_scale, bwd_alpha, bwd_codes_ptr, bwd_scales_ptr, bwd_er_ptr,
-                                       K, T_OUT, seed, BWD_RULE, BWD_G, PRECISION, GROUP, BLOCK_R, BLOCK_K)
         else:
             amax_t = tl.load(amax_ptr)
             s32 = tl.where(amax_t > 0, _div_by(amax_t, ts_den, inv_ts_den), 1.0)  # the reference's tensor_scale (1 for an all-zero tensor)
@@ -581,8 +519,11 @@ def quantize_kernel(
             tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v.to(tl.bfloat16), mask=row_ok)
         if WRITE_PACKED:
             # --- write: packed codes [R, K_OUT/2], scales [R, K_OUT/GROUP], mask bits [R, K_OUT/8]
+            pairs = tl.reshape(codes, (BLOCK_R, BLOCK_K // 2, 2))
+            lo, hi = tl.split(pairs)
+            packed = (lo | (hi << 4)).to(tl.uint8)
             pc = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-            tl.store(codes_ptr + rows[:, None] * (K_OUT // 2) + pc[None, :], _pack_pairs(codes, BLOCK_R, BLOCK_K), mask=row_ok)
+            tl.store(codes_ptr + rows[:, None] * (K_OUT // 2) + pc[None, :], packed, mask=row_ok)
             gc = pid_k * NG + tl.arange(0, NG)
             tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
             if WRITE_MASK:
@@ -902,70 +843,7 @@ def quantize_for_gemm(
     return _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, tile)
 
 
-class Requantize(NamedTuple):
-    """A backward operand that re-quantizes this quantization's result along the other axis (Quartet's ``Q(Xq^T R)``:
-    the saved forward Xq read transposed, rotated by the backward's ``rotation``, quantized by ``quantizer``, its axis
-    zero-padded to ``pad_to``), written by the forward's launch instead of a later one: see ``_requantize_transposed``."""
-
-    quantizer: Quantizer
-    rotation: torch.Tensor | PreparedRotation | None
-    pad_to: int = 1
-
-
-def requantize_in_forward(quantizer: str, requantize: str, rotation_size_bwd: int, pad_to: int) -> str | None:
-    """None when one forward launch of ``quantizer`` along K can also write the backward's re-quantization of its
-    transpose by ``requantize`` (rotation sizes, the backward axis padded to ``pad_to``); else why not (the lowering
-    then re-quantizes in the backward, as before).
-
-    The forward's tile holds 32 rows, one backward group along R, so: MXFP4 rules with a kernel on both sides, the
-    backward's group 32 with a rotation of at most 32 and round-to-nearest (its stochastic draws are keyed by
-    the backward's element order and seed, which the forward's launch does not take), R padded to at most 32."""
-    mx = (MX_OCP.value, MX_QUEST.value, MX_TSENG.value)
-    fwd, bwd = RULES.get(quantizer), RULES.get(requantize)
-    if fwd is None or bwd is None or fwd.rule not in mx or bwd.rule not in mx:
-        return "the forward and backward quantizers are not both MXFP4 rules with a kernel"
-    if bwd.stochastic:
-        return f"{requantize} rounds stochastically (the backward draws its own uniforms)"
-    if rotation_size_bwd not in (0, 16, 32) or 32 % max(pad_to, 1):
-        return "the backward's rotation or padding does not fit one 32-row tile"
-    return None
-
-
-def quantize_with_backward(
-    x: torch.Tensor,
-    quantizer: Quantizer,
-    rotation: torch.Tensor | PreparedRotation | None,
-    seed: Seed,
-    requantize: Requantize,
-    *,
-    keep_packed: bool = False,
-    tile: Tile | None = None,
-) -> tuple[GemmValues, QuantizedTensor | None, torch.Tensor | None, QuantizedTensor, torch.Tensor]:
-    """:func:`quantize_for_gemm` of ``x [R, K]`` in the FP8 form, whose launch also writes the backward's
-    ``requantize`` of the result (when :func:`requantize_in_forward` allows it): ``(values, packed or None, mask or
-    None, the backward operand's packed form [K, R_pad], its row exponents [K] int32)``. Fold the last two into the
-    backward GEMM's FP8 form with :func:`fold_requantized`. The same numbers as ``quantize_for_gemm(packed,
-    requantize.quantizer, requantize.rotation, ...)`` of the packed result: the same block values, rotation and rule.
-    ``tile``: its ``block_k`` and warps (benchmarks' sweeps); its rows are always 32, one backward group."""
-    why = requantize_in_forward(quantizer.name, requantize.quantizer.name, rotation_size(requantize.rotation), requantize.pad_to)
-    multiple = max(quantizer.group_size, rotation_size(rotation), 16)
-    if why is None and x.shape[-1] % multiple:
-        why = f"K={x.shape[-1]} is not a multiple of {multiple} (it would be padded)"
-    if why is not None:
-        raise ValueError(f"quantize_with_backward: one launch cannot write both operands: {why}")
-    return _launch(x, quantizer, rotation, seed, "fp8", keep_packed, False, 1, None, tile, requantize)
-
-
-def fold_requantized(packed: QuantizedTensor, row_exponents: torch.Tensor) -> GemmValues:
-    """The backward operand that :func:`quantize_with_backward` wrote, in the FP8 GEMM form (one fold launch)."""
-    from fp4compile.kernels.fold import fold_mxfp4_fp8
-
-    a8, row_scale = fold_mxfp4_fp8(packed.codes, packed.scales, row_exponents, group_size=packed.group_size)
-    record_folds(packed.scales.numel())
-    return GemmValues(a8, row_scale, host_factor(packed.factor))
-
-
-def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, tile, requantize=None):
+def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, tile):
     rule = RULES.get(quantizer.name)
     if rule is None:
         raise NotImplementedError(f"no Triton kernel for quantizer {quantizer.name!r}; it runs through the reference")
@@ -991,8 +869,6 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     trans_load = stride_r == 1 and stride_k != 1  # r is the contiguous axis: load [K, R] tiles
     rows_multiple = 16 if rule.rule == NV_RTN16.value else 1  # its scales cover 16 x 16 blocks, which must not straddle programs
     tile = Tile(*tile) if tile is not None else default_tile(g, trans_load, rows_multiple)
-    if requantize is not None:  # one tile row block is one backward group along R
-        tile = Tile(32, tile.block_k, tile.num_warps, 1, tile.max_registers)
     tile.check()
     block_r, largest_k, num_warps, row_iters, _ = tile
     if block_r % rows_multiple:
@@ -1035,21 +911,12 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     scratch = placeholder(torch.float32, device)
     if is_nv and (g > 0 or rule.rule == NV_EDEN.value):  # per program: 3 floats per scale group of its tile (_to_group_per_thread)
         scratch = torch.empty(grid[0] * grid[1] * 3 * block_r * (block_k // group), dtype=torch.float32, device=device)
-    bwd_rule, bwd_g, t_out, bwd_h, bwd_rot_scale, bwd_alpha = -1, 0, 0, placeholder(torch.bfloat16, device), 1.0, 1.0
-    bwd_codes = bwd_scales = bwd_er = empty8
-    if requantize is not None:  # the backward operand [k, t_out] along r (quantize_with_backward)
-        bwd_rule, bwd_g, t_out = RULES[requantize.quantizer.name].rule, rotation_size(requantize.rotation), -(-r // 32) * 32
-        bwd_h, bwd_rot_scale = device_rotation(requantize.rotation, device)
-        bwd_alpha = float(host_factor(quantizer.factor))  # the saved tensor's alpha: tensor scale 1 times its factor
-        bwd_codes = torch.empty(k, t_out // 2, dtype=torch.uint8, device=device)
-        bwd_scales = torch.empty(k, t_out // 32, dtype=torch.uint8, device=device)
-        bwd_er = torch.full((k,), _NO_ROW_EXP.value, dtype=torch.int32, device=device)
     quantize_kernel[grid](
         *source, amax, s32, alpha_out, u_elem, u_scale, codes, scales, mask,
-        out_values, e_r, scratch, bwd_h, bwd_rot_scale, bwd_alpha, bwd_codes, bwd_scales, bwd_er, t_out,
+        out_values, e_r, scratch,
         r, k, k_out, seed_ptr, seed_salt, rule.val_max, rule.scales_max * rule.val_max, rule.inv_val_max, rule.inv_ts_den, quantizer.factor,
         RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
-        WRITE_PACKED=write_packed, VALUES=values, WRITE_S32=write_s32, BWD_RULE=bwd_rule, BWD_G=bwd_g, **common, **tile.compile_options(),
+        WRITE_PACKED=write_packed, VALUES=values, WRITE_S32=write_s32, **common, **tile.compile_options(),
     )
     # alpha = tensor scale * factor in float32, as the reference forms it (the kernel wrote NVFP4's); MXFP4's tensor
     # scale is 1, so its alpha is the factor alone, kept on the host (a 0-dim CPU tensor: no kernel, no copy)
@@ -1064,8 +931,4 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         gemm = GemmValues(a8, row_scale, alpha)
     elif values == 2:
         gemm = GemmValues(out_values, None, alpha)
-    if requantize is not None:
-        bwd_q = requantize.quantizer
-        bwd = QuantizedTensor(bwd_codes, bwd_scales, bwd_q.scale_format, bwd_q.group_size, host_factor(1.0), bwd_q.factor)  # MXFP4: tensor scale 1
-        return gemm, q, (mask if write_mask else None), bwd, bwd_er
     return gemm, q, (mask if write_mask else None)

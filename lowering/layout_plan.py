@@ -18,15 +18,14 @@ The six operands (``y = X W^T``, ``dX = E W``, ``dW = E^T X``), each along its G
     grad_weight  E^T along T (E read transposed), X^T along T (from the saved Xq, or from X)
 
 Backward inner dimensions are zero-padded up to the quantizers' groups (exact); the forward's K must fit.
-
-One launch serves two consumers where the backward re-quantizes a saved forward operand along the other axis
-(Quartet's ``Q(Xq^T R)`` and ``Q(Wq^T R)``, round-to-nearest MXFP4): the forward's kernel writes that backward
-operand too, from the quantized values it holds (kernels/rotate_quantize.quantize_with_backward), and the saved
-tensor is the backward operand itself (packed, plus its rows' largest scale exponents for the FP8 fold): no
-re-quantization launch in the backward. Not for an X that feeds several linears (q, k and v): the forward
-quantizes it once for all of them, while each backward rotates with its own layer's signs.
 Not planned here: Blackwell's native FP4 operands with 128x4 blocked scales (lowering/blackwell.py builds
-them; the backend does not select that target yet).
+them; the backend does not select that target yet), and one launch serving a tensor along both axes. Session 11
+built the latter for Quartet's backward Xq^T / Wq^T (the forward's launch re-quantizing its own tile's values
+transposed, bit-exact against the backward's re-quantization) and dropped it as measured: on an H200 at 16384 x
+4096 the fused launch took 0.41-0.44 ms against 0.35 for the forward launch plus the backward's re-quantization
+(bench_kernels.py --graphs; docs/bench_logs/bench_kernels_fused_requant_h200_s11.log). The kernels are bound by
+instruction issue, and the fused one issued as many instructions (72 per element against 42 + 25) at twice the
+registers (168: 12 warps per SM).
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from enum import Enum
 
 import torch
 
-from fp4compile.config import GemmRecipe, Recipe, Source
+from fp4compile.config import Recipe, Source
 from fp4compile.quantized import ScaleFormat
 from fp4compile.quantizers import get_quantizer
 
@@ -59,12 +58,9 @@ class OperandPlan:
     form: Form  # what its GEMM multiplies
     keep_packed: bool  # the same launch also writes the packed form, saved for the backward
     pad_to: int  # the axis is zero-padded to a multiple of this (1: none)
-    writes_backward: str = ""  # the backward operand this launch also writes, e.g. "grad_weight.input" ("": none)
 
     def describe(self) -> str:
         extra = " + packed (saved)" if self.keep_packed and self.form is not Form.PACKED else ""
-        if self.writes_backward:
-            extra = f" + {self.writes_backward} re-quantized along the other axis (saved; same launch)"
         if self.pad_to <= 1:
             pad = ""
         elif self.gemm == "output":  # the forward's K must fit the groups (apply_policy skips a layer where it does not)
@@ -102,38 +98,22 @@ def gemm_form(kernel: str, a: str | None, b: str | None, device: torch.device) -
     return Form.PACKED
 
 
-def _in_forward(f_out: Form, fwd: str | None, gemm: GemmRecipe, f_bwd: Form) -> bool:
-    """Whether the forward launch of ``fwd`` can also write the backward GEMM ``gemm``'s second operand (its
-    re-quantization of the saved forward operand), both in the FP8 form."""
-    from fp4compile.kernels.quantize import requantize_in_forward
-
-    return (f_out is Form.FP8 and f_bwd is Form.FP8 and fwd is not None and gemm.b is not None
-            and requantize_in_forward(fwd, gemm.b, 0 if gemm.rotation.is_identity else gemm.rotation.size, gemm.inner_multiple()) is None)
-
-
 @functools.lru_cache(maxsize=256)
-def _plan(recipe: Recipe, kernel: str, device: torch.device, needs_x: bool, needs_w: bool, x_exclusive: bool, training: bool) -> tuple[OperandPlan, ...]:
+def _plan(recipe: Recipe, kernel: str, device: torch.device, needs_x: bool, needs_w: bool) -> tuple[OperandPlan, ...]:
     out, gi, gw = recipe.output, recipe.grad_input, recipe.grad_weight
     f_out = gemm_form(kernel, out.a, out.b, device) if out.quantized else Form.HIGH
     k_mult = out.inner_multiple()
     w_saved = recipe.weight_for_backward is Source.QUANTIZED and out.b is not None
     x_saved = recipe.input_for_backward is Source.QUANTIZED and out.a is not None
-    w_fused = training and w_saved and needs_w and gi.quantized and _in_forward(f_out, out.b, gi, gemm_form(kernel, gi.a, gi.b, device))
-    x_fused = (training and x_saved and needs_x and x_exclusive and gw.quantized
-               and _in_forward(f_out, out.a, gw, gemm_form(kernel, gw.a, gw.b, device)))
     plans = [
-        OperandPlan("output", "input", "X", "K", out.a, f_out if out.a else Form.HIGH, x_saved and needs_x and not x_fused, k_mult,
-                    "grad_weight.input" if x_fused else ""),
-        OperandPlan("output", "weight", "W", "K", out.b, f_out if out.b else Form.HIGH, w_saved and needs_w and not w_fused, k_mult,
-                    "grad_input.weight" if w_fused else ""),
+        OperandPlan("output", "input", "X", "K", out.a, f_out if out.a else Form.HIGH, x_saved and needs_x, k_mult),
+        OperandPlan("output", "weight", "W", "K", out.b, f_out if out.b else Form.HIGH, w_saved and needs_w, k_mult),
     ]
     if gi.quantized or recipe.weight_for_backward is Source.QUANTIZED:
         f = gemm_form(kernel, gi.a, gi.b, device)
         m = gi.inner_multiple()
         if gi.b is None and w_saved:  # the forward's Wq multiplied as it is (NVIDIA's recipe)
             w_src, w_form = "Wq (saved, reused)", Form.BF16 if f is Form.BF16 else Form.PACKED
-        elif w_fused:
-            w_src, w_form = "Wq^T (written by the forward's launch)", f
         else:
             w_src, w_form = ("Wq (saved, read transposed)" if w_saved else "W (read transposed)"), (f if gi.b else Form.HIGH)
         plans += [
@@ -143,7 +123,7 @@ def _plan(recipe: Recipe, kernel: str, device: torch.device, needs_x: bool, need
     if gw.quantized:
         f = gemm_form(kernel, gw.a, gw.b, device)
         m = gw.inner_multiple()
-        x_src = "Xq^T (written by the forward's launch)" if x_fused else "Xq (saved, read transposed)" if x_saved else "X (read transposed)"
+        x_src = "Xq (saved, read transposed)" if x_saved else "X (read transposed)"
         plans += [
             OperandPlan("grad_weight", "grad_output", "E^T (E read transposed)", "T", gw.a, f if gw.a else Form.HIGH, False, m),
             OperandPlan("grad_weight", "input", x_src, "T", gw.b, f if gw.b else Form.HIGH, False, m),
@@ -151,19 +131,10 @@ def _plan(recipe: Recipe, kernel: str, device: torch.device, needs_x: bool, need
     return tuple(plans)
 
 
-def op_form(plan: OperandPlan) -> str:
-    """The ``form`` argument of the operand's ``fp4compile::quantize`` op: the plan's form, or ``"fp8+t"`` where the
-    launch also writes a backward operand (``fp4compile.ops.WITH_BACKWARD``)."""
-    return "fp8+t" if plan.writes_backward else plan.form.value
-
-
-def plan_linear(recipe: Recipe, kernel: str, device: torch.device | str, *, needs_x: bool = True, needs_w: bool = True,
-                x_exclusive: bool = True, training: bool = True) -> tuple[OperandPlan, ...]:
+def plan_linear(recipe: Recipe, kernel: str, device: torch.device | str, *, needs_x: bool = True, needs_w: bool = True) -> tuple[OperandPlan, ...]:
     """The operands of one linear layer under ``recipe`` on ``kernel`` (``needs_x``/``needs_w``: whether
-    the backward re-reads the quantized X / W at all, i.e. whether grad_weight / grad_input exist; ``x_exclusive``:
-    whether X feeds this linear alone; a forward launch writes a backward operand only with ``training``, and
-    for X only when exclusive)."""
-    return _plan(recipe, kernel, torch.device(device), needs_x, needs_w, x_exclusive, training)
+    the backward re-reads the quantized X / W at all, i.e. whether grad_weight / grad_input exist)."""
+    return _plan(recipe, kernel, torch.device(device), needs_x, needs_w)
 
 
 def operand(plans: tuple[OperandPlan, ...], gemm: str, name: str) -> OperandPlan:

@@ -4,9 +4,7 @@ Same contract and same arithmetic as the reference executor (``fp4compile.refere
 with every operand written in the form the layout plan chose for its GEMM (lowering/layout_plan.py):
 
     quantize      X or W [R, K] along K: one kernel launch writes the packed form (saved for the backward)
-                  and the GEMM-ready values (MXFP4: folded FP8 + row scales; NVFP4: exact BF16); in the form
-                  "fp8+t" it writes, instead of the packed form, the backward GEMM's operand (Xq^T / Wq^T along R,
-                  re-quantized from the values it holds), which the backward only folds
+                  and the GEMM-ready values (MXFP4: folded FP8 + row scales; NVFP4: exact BF16)
     output_gemm   row-wise scaled FP8 GEMM (cuBLAS) or BF16 GEMM with FP32 accumulation, then alpha + cast
     grad_input    E [T, N] along N and W^T along N (from the packed forward W read transposed, or from W),
                   each straight into its GEMM form; GEMM; one epilogue pass: alpha, mask, inverse rotation, cast
@@ -29,17 +27,9 @@ from fp4compile.config import Recipe, Source
 from fp4compile.kernels.epilogue import mask_rotate_cast, supports_width
 from fp4compile.kernels.quantize import quantize as kernel_quantize
 from fp4compile.kernels.quantize import quantize_for_gemm, supports
-from fp4compile.kernels.rotate_quantize import (
-    PreparedRotation,
-    Requantize,
-    device_rotation,
-    fold_requantized,
-    prepare_rotation,
-    quantize_with_backward,
-)
+from fp4compile.kernels.rotate_quantize import PreparedRotation, device_rotation, prepare_rotation
 from fp4compile.lowering.hopper_gemm import block_values_bf16, gemm_accumulate
 from fp4compile.lowering.layout_plan import Form, OperandPlan, operand, plan_linear
-from fp4compile.ops import WITH_BACKWARD
 from fp4compile.quantized import QuantizedTensor
 from fp4compile.quantizers import get_quantizer
 from fp4compile.reference import linear as ref
@@ -90,17 +80,10 @@ def quantize(t: torch.Tensor, recipe: Recipe, operand_name: str, seed: Seed, for
     m = prepare_rotation(spec.rotation, rot_seed, t.device)
     if form == "packed":
         out, mask = kernel_quantize(t, q, m, q_seed)
-        return out.codes, out.scales, out.tensor_scale.reshape(()).float(), (mask if mask is not None else empty()), empty(), empty(), empty()
-    if form == WITH_BACKWARD:  # the same launch writes the backward GEMM's operand: its rotation drawn from the backward's seed
-        gemm = recipe.grad_weight if operand_name == "input" else recipe.grad_input
-        m_b = prepare_rotation(gemm.rotation, ref.rotation_seed(seed, "backward"), t.device)
-        values, out, mask, bwd, bwd_exp = quantize_with_backward(t, q, m, q_seed, Requantize(get_quantizer(gemm.b), m_b, gemm.inner_multiple()),
-                                                                 keep_packed=True)
-        # the tensor scale: MXFP4's 1 on both sides, as the kernel wrote it for the forward's packed form
-        return bwd.codes, bwd.scales, out.tensor_scale.reshape(()).float(), (mask if mask is not None else empty()), values.values, values.row_scale, bwd_exp
+        return out.codes, out.scales, out.tensor_scale.reshape(()).float(), (mask if mask is not None else empty()), empty(), empty()
     values, out, mask = quantize_for_gemm(t, q, m, q_seed, form=form, keep_packed=True)
     row_scale = values.row_scale if values.row_scale is not None else empty()
-    return out.codes, out.scales, out.tensor_scale.reshape(()).float(), (mask if mask is not None else empty()), values.values, row_scale, empty()
+    return out.codes, out.scales, out.tensor_scale.reshape(()).float(), (mask if mask is not None else empty()), values.values, row_scale
 
 
 def output_gemm(xq: Operand, wq: Operand, out_dtype: torch.dtype) -> torch.Tensor:
@@ -141,9 +124,7 @@ def _finish(acc: torch.Tensor, alpha, mask_bits: torch.Tensor | None, k: int, re
     return _epilogue(acc, alpha, mask, inverse, out_dtype)
 
 
-def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: Recipe, seed: Seed, out_dtype,
-               w_row_exponents: torch.Tensor | None = None) -> torch.Tensor:
-    """``w_row_exponents``: ``wq`` is the operand W^T [K, N_pad] that the forward's "fp8+t" launch wrote (fold it only)."""
+def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: Recipe, seed: Seed, out_dtype) -> torch.Tensor:
     spec = recipe.grad_input
     plans = _plans(recipe, grad.device)
     pe, pw = operand(plans, "grad_input", "grad_output"), operand(plans, "grad_input", "weight")
@@ -151,9 +132,6 @@ def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: R
     m = prepare_rotation(spec.rotation, rseed, grad.device)  # one draw for both operands
     # === GEMM 2: grad_input = Q(E R) @ Q(W^T R)^T   [T,N] @ [N,K] -> [T,K]
     e_q = _operand(grad, pe, spec.rotation, m, rseed, sub_seed(seed, "grad_input", "grad_output"))
-    if w_row_exponents is not None:
-        acc, alpha = gemm_accumulate(e_q, fold_requantized(wq, w_row_exponents))
-        return _finish(acc, alpha, x_mask, k, recipe, seed, out_dtype)
     if recipe.weight_for_backward is Source.QUANTIZED and wq is not None and spec.b is None and spec.rotation.is_identity:
         # the forward Wq reused as is (NVIDIA's recipe): its exact BF16 block values, transposed, and its alpha
         w_t = block_values_bf16(wq).t()  # [K, N]
@@ -170,9 +148,7 @@ def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: R
     return _finish(acc, alpha, x_mask, k, recipe, seed, out_dtype)
 
 
-def grad_weight(grad, xq: QuantizedTensor | None, x_hp, w_mask, k: int, recipe: Recipe, seed: Seed, out_dtype,
-                x_row_exponents: torch.Tensor | None = None) -> torch.Tensor:
-    """``x_row_exponents``: ``xq`` is the operand X^T [K, T_pad] that the forward's "fp8+t" launch wrote (fold it only)."""
+def grad_weight(grad, xq: QuantizedTensor | None, x_hp, w_mask, k: int, recipe: Recipe, seed: Seed, out_dtype) -> torch.Tensor:
     spec = recipe.grad_weight
     plans = _plans(recipe, grad.device)
     pe, px = operand(plans, "grad_weight", "grad_output"), operand(plans, "grad_weight", "input")
@@ -181,9 +157,7 @@ def grad_weight(grad, xq: QuantizedTensor | None, x_hp, w_mask, k: int, recipe: 
     # === GEMM 3: grad_weight = Q(E^T R) @ Q(X^T R)^T   [N,T] @ [T,K] -> [N,K]
     e_q = _operand(grad, pe, spec.rotation, m, rseed, sub_seed(seed, "grad_weight", "grad_output"), transpose=True)
     x_seed = sub_seed(seed, "grad_weight", "input")
-    if x_row_exponents is not None:
-        x_q = fold_requantized(xq, x_row_exponents)
-    elif recipe.input_for_backward is Source.QUANTIZED and xq is not None:
+    if recipe.input_for_backward is Source.QUANTIZED and xq is not None:
         x_q = _operand(xq, px, spec.rotation, m, rseed, x_seed)
     else:
         x_q = _operand(x_hp, px, spec.rotation, m, rseed, x_seed, transpose=True)

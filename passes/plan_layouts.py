@@ -2,28 +2,20 @@
 
 The forward quantizations get their decision as the ``form`` argument of their ``fp4compile::quantize`` op
 (``rewrite_linears`` reads ``site.layout``); the backward ops follow the same plan when they run. Every
-site of a linear carries the plan, so ``explain()`` shows it. An X that several quantized linears read (q, k, v)
-is planned as shared: its forward launch does not also write one layer's backward operand. Idempotent: it
-recomputes the same plan.
+site of a linear carries the plan, so ``explain()`` shows it. Idempotent: it recomputes the same plan.
 """
 
 from __future__ import annotations
-
-from collections import Counter
 
 import torch
 import torch.fx as fx
 
 from fp4compile.lowering.layout_plan import plan_linear
-from fp4compile.passes.assign_roles import source
 from fp4compile.passes.context import PassContext
 from fp4compile.passes.site import Role
 
 
 def plan_layouts(gm: fx.GraphModule, ctx: PassContext) -> None:
-    forwards = [next((s for s in sites if s.role is Role.FORWARD), None) for sites in ctx.linears().values()]
-    # how many quantized linears read each X (q, k and v read one): their forward quantizes it once for all
-    readers = Counter(source(f.a) for f in forwards if f is not None and f.quantized)
     for sites in ctx.linears().values():
         fwd = next((s for s in sites if s.role is Role.FORWARD), None)
         if fwd is None or not fwd.quantized:
@@ -32,8 +24,7 @@ def plan_layouts(gm: fx.GraphModule, ctx: PassContext) -> None:
         device = val.device if isinstance(val, torch.Tensor) else torch.device("cpu")
         roles = {s.role for s in sites if s.quantized}
         plan = plan_linear(ctx.options.recipe, fwd.kernel, device,
-                           needs_x=Role.GRAD_WEIGHT in roles or not ctx.training, needs_w=Role.GRAD_INPUT in roles or not ctx.training,
-                           x_exclusive=readers[source(fwd.a)] == 1, training=ctx.training)
+                           needs_x=Role.GRAD_WEIGHT in roles or not ctx.training, needs_w=Role.GRAD_INPUT in roles or not ctx.training)
         for site in sites:
             if site.quantized:
                 gemm = "output" if site.role is Role.FORWARD else site.role.value

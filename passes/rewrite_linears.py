@@ -5,9 +5,7 @@ Per linear layer (x2d ``[T,K]``, B = permute(W) ``[K,N]``, E ``[T,N]``):
     w        = permute(B)                                       [N, K]
     seed     = fp4compile.step_seed(w, base_seed, key, state)   (training graphs; fresh per call)
     xq...    = fp4compile.quantize(x2d, recipe, "input", ..., form)  codes [T,K/2], scales, tensor scale, mask,
-                                                                 and the GEMM-ready values when the plan says so; in the
-                                                                 form "fp8+t" the codes, scales and row exponents are
-                                                                 grad_weight's X^T operand instead [K,T/2], [K,T/32], [K]
+                                                                 and the GEMM-ready values when the plan says so
     wq...    = fp4compile.quantize(w,   recipe, "weight", ..., form)
     y        = fp4compile.output_gemm(xq..., wq...) (+ bias)    [T, N]    replaces the forward addmm/mm
     dX       = fp4compile.grad_input(E, wq..., x_mask, ...)     [T, K]    replaces the grad_input mm
@@ -31,8 +29,6 @@ from torch.utils.checkpoint import CheckpointPolicy
 
 import fp4compile.ops  # noqa: F401  (registers torch.ops.fp4compile)
 from fp4compile.config import Source
-from fp4compile.lowering.layout_plan import op_form
-from fp4compile.ops import WITH_BACKWARD
 from fp4compile.passes.assign_roles import source
 from fp4compile.passes.context import PassContext
 from fp4compile.passes.site import MatmulSite, Role, hinted_nbytes
@@ -100,15 +96,12 @@ def _rewrite_linear(gm: fx.GraphModule, ctx: PassContext, b: _Builder, fwd: Matm
         # x gets no seed when the forward is deterministic, so that equal quantizations of one x merge;
         # W always gets the step's seed, which also places the draw in the forward (then saved).
         fallback = step_seed(opts.seed, fwd.key, -1)
-        plans = {p.operand: p for p in fwd.layout}  # the layout plan (plan_layouts)
-        x_form, w_form = (op_form(plans[o]) if o in plans else "packed" for o in ("input", "weight"))
-        x_fused, w_fused = x_form == WITH_BACKWARD, w_form == WITH_BACKWARD
-        # a launch that also writes this layer's backward operand draws the backward's rotation: it takes the seed
-        x_random = random_forward or (x_fused and seed is not None)
-        x_seed = seed if x_random else None
-        xq = b.getitems(b.call(fp4.quantize.default, fwd.a, recipe.name, "input", x_seed, fallback if x_random else 0, kernel, x_form, like=node), 7)
-        wq = b.getitems(b.call(fp4.quantize.default, w, recipe.name, "weight", seed, fallback, kernel, w_form, like=node), 7)
-        values = (xq[4], xq[5], wq[4], wq[5]) if x_form != "packed" and w_form != "packed" else ()
+        x_seed = seed if random_forward else None
+        forms = {p.operand: p.form.value for p in fwd.layout}  # the layout plan (plan_layouts)
+        x_form, w_form = forms.get("input", "packed"), forms.get("weight", "packed")
+        xq = b.getitems(b.call(fp4.quantize.default, fwd.a, recipe.name, "input", x_seed, fallback if random_forward else 0, kernel, x_form, like=node), 6)
+        wq = b.getitems(b.call(fp4.quantize.default, w, recipe.name, "weight", seed, fallback, kernel, w_form, like=node), 6)
+        values = (xq[4], xq[5], wq[4], wq[5]) if x_form == w_form != "packed" else ()
         y = b.call(fp4.output_gemm.default, xq[0], xq[1], xq[2], wq[0], wq[1], wq[2], recipe.name, out_dtype, kernel, *values, like=node)
         if fwd.bias is not None:
             y = b.call(aten.add.Tensor, y, fwd.bias, like=node)
@@ -121,7 +114,7 @@ def _rewrite_linear(gm: fx.GraphModule, ctx: PassContext, b: _Builder, fwd: Matm
     w_quantized = recipe.weight_for_backward is Source.QUANTIZED
     x_quantized = recipe.input_for_backward is Source.QUANTIZED
     # what the backward reads of x, against x in BF16 (if nothing reads it, nothing is kept)
-    read = (xq[:3] + ([x_mask] if x_mask is not None else []) + ([xq[6]] if x_fused else [])) if x_quantized else [fwd.a]
+    read = (xq[:3] + ([x_mask] if x_mask is not None else [])) if x_quantized else [fwd.a]
     if not any(s.role is Role.GRAD_WEIGHT for s in backward):
         read = [x_mask] if x_mask is not None and any(s.role is Role.GRAD_INPUT for s in backward) else []
     fwd.bytes_saved_input = sum(hinted_nbytes(n.meta["val"]) for n in read)
@@ -134,8 +127,7 @@ def _rewrite_linear(gm: fx.GraphModule, ctx: PassContext, b: _Builder, fwd: Matm
                 grad = bnode.args[0]  # E [T, N]
                 w_parts = wq[:3] if w_quantized else [None, None, None]
                 w_hp = None if w_quantized else w
-                new = b.call(fp4.grad_input.default, grad, *w_parts, w_hp, x_mask, k, recipe.name, seed, out_dtype, site.kernel,
-                             *([wq[6]] if w_fused else []), like=bnode)
+                new = b.call(fp4.grad_input.default, grad, *w_parts, w_hp, x_mask, k, recipe.name, seed, out_dtype, site.kernel, like=bnode)
             else:
                 # mm(permute(E) [N,T], x2d) -> dW [N,K]; or mm(permute(x2d), E [T,N]) -> dW^T [K,N]
                 transposed = source(bnode.args[0]) is source(fwd.a)
@@ -146,8 +138,7 @@ def _rewrite_linear(gm: fx.GraphModule, ctx: PassContext, b: _Builder, fwd: Matm
                     grad = e_t.args[0] if e_t.op == "call_function" and e_t.target == aten.permute.default else b.call(aten.permute.default, e_t, [1, 0], like=bnode)
                 x_parts = xq[:3] if x_quantized else [None, None, None]
                 x_hp = None if x_quantized else fwd.a
-                new = b.call(fp4.grad_weight.default, grad, *x_parts, x_hp, w_mask, k, recipe.name, seed, out_dtype, site.kernel,
-                             *([xq[6]] if x_fused else []), like=bnode)
+                new = b.call(fp4.grad_weight.default, grad, *x_parts, x_hp, w_mask, k, recipe.name, seed, out_dtype, site.kernel, like=bnode)
                 if transposed:
                     new = b.call(aten.permute.default, new, [1, 0], like=bnode)
         bnode.replace_all_uses_with(new)

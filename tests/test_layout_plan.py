@@ -34,20 +34,9 @@ def test_triton_lowering_plans_tensor_core_forms():
 
 
 def test_saved_copies_follow_the_recipe_and_the_backward():
-    shared = plan_linear(get_recipe("quartet"), "triton", "cpu", x_exclusive=False)  # X read by several linears (q, k, v)
-    assert operand(shared, "output", "input").keep_packed and operand(shared, "grad_weight", "input").source.startswith("Xq (saved")
-    assert not operand(shared, "output", "input").writes_backward
-    for recipe in ("quartet-sr", "quartet2"):  # a stochastic backward rule; NVFP4 (its requantization needs the tensor's amax)
-        plans = plan_linear(get_recipe(recipe), "triton", "cpu")
-        assert operand(plans, "output", "input").keep_packed and not any(p.writes_backward for p in plans)
     quartet = plan_linear(get_recipe("quartet"), "triton", "cpu")
-    if fp8_gemm_available(torch.device("cpu")):  # Quartet's Xq^T and Wq^T come from the forward's launches: nothing packed is kept
-        assert operand(quartet, "output", "input").writes_backward == "grad_weight.input"
-        assert operand(quartet, "output", "weight").writes_backward == "grad_input.weight"
-        assert not operand(quartet, "output", "input").keep_packed and not operand(quartet, "output", "weight").keep_packed
-        assert operand(quartet, "grad_weight", "input").source.startswith("Xq^T (written by the forward")
-        inference = plan_linear(get_recipe("quartet"), "triton", "cpu", training=False)
-        assert not any(p.writes_backward for p in inference)
+    assert operand(quartet, "output", "input").keep_packed and operand(quartet, "output", "weight").keep_packed
+    assert operand(quartet, "grad_weight", "input").source.startswith("Xq (saved")
     nvidia = plan_linear(get_recipe("nvidia"), "triton", "cpu")
     assert not operand(nvidia, "output", "input").keep_packed  # NVIDIA's dW reads the high-precision X
     frozen = plan_linear(get_recipe("quartet"), "triton", "cpu", needs_x=False)

@@ -18,14 +18,13 @@ def test_quantize_kernel_compiles_for_sm90_and_sm100():
     out = subprocess.run([sys.executable, "-m", "fp4compile.kernels.compile_check", "90", "100"], env=env, capture_output=True, text=True, timeout=900)
     print(out.stdout)
     assert out.returncode == 0, out.stdout + out.stderr
-    from fp4compile.kernels.compile_check import BWD_VARIANTS, HOPPER_ONLY_VALUES, VARIANTS
+    from fp4compile.kernels.compile_check import HOPPER_ONLY_VALUES, VARIANTS
 
     others = 1 + 3  # NVFP4's pre-pass kernel; fold / bf16 / epilogue
-    blackwell = sum(v[-2] != HOPPER_ONLY_VALUES for v in VARIANTS)  # sm_100 takes packed FP4, not the FP8 form (BWD_VARIANTS are FP8)
-    hopper = len(VARIANTS) + len(BWD_VARIANTS)
-    assert out.stdout.count("sm_90 ") == hopper + others
+    blackwell = sum(v[-2] != HOPPER_ONLY_VALUES for v in VARIANTS)  # sm_100 takes packed FP4, not the FP8 form
+    assert out.stdout.count("sm_90 ") == len(VARIANTS) + others
     assert out.stdout.count("sm_100 ") == blackwell + others
-    assert out.stdout.count(": ok") == hopper + blackwell + 2 * others
+    assert out.stdout.count(": ok") == len(VARIANTS) + blackwell + 2 * others
 
 
 @requires_triton
@@ -34,7 +33,7 @@ def test_instruction_count_reports_every_variant():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-m", "fp4compile.kernels.instruction_count"], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
-    from fp4compile.kernels.compile_check import BWD_VARIANTS, VARIANTS
+    from fp4compile.kernels.compile_check import VARIANTS
 
     counts = [float(line.split(" per element")[0].rsplit(", ", 1)[1]) for line in out.stdout.splitlines()]
-    assert len(counts) == len(VARIANTS) + len(BWD_VARIANTS) + 2 and all(c > 0 for c in counts), out.stdout
+    assert len(counts) == len(VARIANTS) + 2 and all(c > 0 for c in counts), out.stdout

@@ -164,49 +164,6 @@ def test_quantize_for_gemm_equals_twin_of_its_packed_output(name, rotation, sour
                        values.values.view(torch.uint8 if form == "fp8" else torch.int16).cpu())
 
 
-@pytest.mark.parametrize("fwd,bwd,rotation,rows", [("mxfp4_quest", "mxfp4_tseng_rtn", "random_hadamard-32", 70),
-                                                   ("mxfp4_rtn", "mxfp4_rtn", None, 64),
-                                                   ("mxfp4_quest", "mxfp4_tseng_rtn", "random_hadamard-16", 32)])
-def test_forward_launch_writes_the_backward_requantization(fwd, bwd, rotation, rows):
-    """``quantize_with_backward``: the forward's values, packed form and mask are those of ``quantize_for_gemm``, and the
-    backward operand it writes (packed [K, R padded to 32], row exponents, then the FP8 fold) equals the re-quantization
-    of the saved packed form read transposed, bit for bit: on rows that are not a multiple of 32 (zero padding), NaN
-    and Inf (NaN groups), an all-zero row block and groups spread over 12 decades (some do not fold)."""
-    from fp4compile.kernels.quantize import quantize_for_gemm
-    from fp4compile.kernels.rotate_quantize import Requantize, fold_requantized, prepare_rotation, quantize_with_backward
-    from fp4compile.rotations import parse_rotation
-
-    x = torch.randn(rows, 256) * torch.logspace(-6, 6, 256)[torch.randperm(256)]
-    x[5, 3], x[9, 200] = float("nan"), float("inf")
-    x[:, 64:96] = 0.0
-    q_f, q_b = f4.get_quantizer(fwd), f4.get_quantizer(bwd)
-    m_f = parse_rotation("hadamard-32").matrix(None) if fwd == "mxfp4_quest" else None
-    m_b = None if rotation is None else prepare_rotation(parse_rotation(rotation), 5, DEV)
-    xd = x.to(DEV)
-    values, packed, mask, saved, row_exp = quantize_with_backward(xd, q_f, m_f, 3, Requantize(q_b, m_b, 32), keep_packed=True)
-    want_values, want_packed, want_mask = quantize_for_gemm(xd, q_f, m_f, 3, form="fp8", keep_packed=True)
-    assert torch.equal(values.values.view(torch.uint8).cpu(), want_values.values.view(torch.uint8).cpu())
-    assert torch.equal(values.row_scale.cpu(), want_values.row_scale.cpu())
-    for a, b in ((packed.codes, want_packed.codes), (packed.scales, want_packed.scales)) + (((mask, want_mask),) if want_mask is not None else ()):
-        assert torch.equal(a.cpu(), b.cpu())
-    req_values, req_packed, _ = quantize_for_gemm(want_packed, q_b, m_b, 7, form="fp8", keep_packed=True, pad_to=32)
-    assert saved.codes.shape == req_packed.codes.shape == (256, -(-rows // 32) * 16)
-    assert torch.equal(saved.codes.cpu(), req_packed.codes.cpu()) and torch.equal(saved.scales.cpu(), req_packed.scales.cpu())
-    folded = fold_requantized(saved, row_exp)
-    assert torch.equal(folded.values.view(torch.uint8).cpu(), req_values.values.view(torch.uint8).cpu())
-    assert torch.equal(folded.row_scale.cpu(), req_values.row_scale.cpu()) and float(folded.alpha) == float(req_values.alpha)
-    assert (saved.scales.cpu() == 255).any() and (saved.codes.cpu() != 0).any()  # the premises: NaN groups, live codes
-
-
-def test_forward_launch_refuses_a_backward_it_cannot_write():
-    from fp4compile.kernels.rotate_quantize import Requantize, quantize_with_backward
-
-    with pytest.raises(ValueError, match="rounds stochastically"):
-        quantize_with_backward(torch.randn(32, 64).to(DEV), f4.get_quantizer("mxfp4_quest"), None, 0, Requantize(f4.get_quantizer("mxfp4_tseng_sr"), None))
-    with pytest.raises(ValueError, match="not both MXFP4"):
-        quantize_with_backward(torch.randn(32, 64).to(DEV), f4.get_quantizer("mxfp4_quest"), None, 0, Requantize(f4.get_quantizer("nvfp4_rtn"), None))
-
-
 def test_quantize_for_gemm_fp8_of_an_empty_input():
     """No rows: neither the quantize nor the fold kernel runs a program, and the shapes are the usual ones."""
     from fp4compile.kernels.quantize import quantize_for_gemm

@@ -16,8 +16,7 @@ import torch
 
 import fp4compile  # noqa: F401  (registers torch.ops.fp4compile)
 from fp4compile.config import get_recipe
-from fp4compile.lowering.hopper_gemm import fp8_gemm_available
-from fp4compile.lowering.layout_plan import op_form, plan_linear
+from fp4compile.lowering.layout_plan import plan_linear
 from tests.conftest import kernel_device, requires_triton, sqnr_db
 
 pytestmark = requires_triton
@@ -35,31 +34,22 @@ def test_triton_ops_match_reference_ops(recipe):
     e = torch.randn(t, n, device=DEV)
     seed = torch.tensor(77, dtype=torch.int64)
     out = {}
-    forms = {p.operand: op_form(p) for p in plan_linear(get_recipe(recipe), "triton", DEV) if p.gemm == "output"}
+    forms = {p.operand: p.form.value for p in plan_linear(get_recipe(recipe), "triton", DEV) if p.gemm == "output"}
     for kernel in ("reference", "triton"):
         x_form, w_form = (forms["input"], forms["weight"]) if kernel == "triton" else ("packed", "packed")
         xq = ops.quantize(x, recipe, "input", seed, 0, kernel, x_form)
         wq = ops.quantize(w, recipe, "weight", seed, 0, kernel, w_form)
-        values = (xq[4], xq[5], wq[4], wq[5]) if "packed" not in (x_form, w_form) else ()
+        values = (xq[4], xq[5], wq[4], wq[5]) if x_form == w_form != "packed" else ()
         y = ops.output_gemm(*xq[:3], *wq[:3], recipe, torch.float32, kernel, *values)
         x_mask = xq[3] if xq[3].numel() else None
         w_mask = wq[3] if wq[3].numel() else None
-        # "fp8+t": the codes and scales are the backward's operand already, with its rows' exponents
-        w_exp = [wq[6]] if w_form == "fp8+t" else []
-        x_exp = [xq[6]] if x_form == "fp8+t" else []
-        dx = ops.grad_input(e, *wq[:3], w, x_mask, k, recipe, seed, torch.float32, kernel, *w_exp)
-        dw = ops.grad_weight(e, *xq[:3], x, w_mask, k, recipe, seed, torch.float32, kernel, *x_exp)
+        dx = ops.grad_input(e, *wq[:3], w, x_mask, k, recipe, seed, torch.float32, kernel)
+        dw = ops.grad_weight(e, *xq[:3], x, w_mask, k, recipe, seed, torch.float32, kernel)
         out[kernel] = (xq, wq, y, dx, dw)
     (xq_r, wq_r, y_r, dx_r, dw_r), (xq_t, wq_t, y_t, dx_t, dw_t) = out["reference"], out["triton"]
     print(recipe, "forward forms", forms)
-    assert ("fp8+t" in forms.values()) == (recipe == "quartet" and fp8_gemm_available(torch.device(DEV)))
-    for form, ref_q, tri_q, rows in ((forms["input"], xq_r, xq_t, t), (forms["weight"], wq_r, wq_t, n)):
-        if form == "fp8+t":  # the backward operand [K, rows padded to 32] replaces the forward's packed form; the mask stays
-            assert tri_q[0].shape == (k, -(-rows // 32) * 16) and tri_q[6].shape == (k,)
-            assert torch.equal(ref_q[3].cpu(), tri_q[3].cpu())
-        else:
-            for a, b in zip(ref_q[:4], tri_q[:4], strict=True):  # the packed outputs
-                assert torch.equal(a.cpu().reshape(-1), b.cpu().reshape(-1))
+    for a, b in zip(xq_r[:4] + wq_r[:4], xq_t[:4] + wq_t[:4], strict=True):  # the packed outputs
+        assert torch.equal(a.cpu().reshape(-1), b.cpu().reshape(-1))
     sq = {"output": sqnr_db(y_t, y_r), "grad_input": sqnr_db(dx_t, dx_r), "grad_weight": sqnr_db(dw_t, dw_r)}
     print(recipe, {key: round(v, 1) for key, v in sq.items()})
     assert sq["output"] > 60  # same FP4 values; only the GEMM's accumulation differs
