@@ -112,16 +112,17 @@ def _epilogue_sweep(rows: int, cols: int, rounds: int, bench) -> None:
     from fp4compile.kernels.rotate_quantize import prepare_rotation
 
     g = torch.randn(rows, cols, device="cuda")
-    print(f"epilogue on fp32 [{rows}, {cols}] (reads 4 B + mask bits, writes 2 B per element); default tile {EPILOGUE_TILE.label()}")
-    print("| epilogue | " + " | ".join(t.label() for t in EPILOGUE_TILES) + " |\n|---|" + "---:|" * len(EPILOGUE_TILES))
+    print(f"epilogue on fp32 [{rows}, {cols}] (reads 4 B + mask bits, writes 2 B per element); the launcher's choice (the fixed "
+          f"Hadamard-32's butterfly kernel, else the matmul kernel on {EPILOGUE_TILE.label()}), then the matmul kernel on each tile")
+    print("| epilogue | launcher's | " + " | ".join(t.label() for t in EPILOGUE_TILES) + " |\n|---|---:|" + "---:|" * len(EPILOGUE_TILES))
     for label, with_mask, rot, with_alpha in EPILOGUE_CASES:
         mask = formats.pack_bits(torch.rand(rows, cols, device="cuda") < 0.9) if with_mask else None
         inverse = None if rot is None else prepare_rotation(parse_rotation(rot), None, g.device, inverse=True)
         alpha = torch.tensor(0.37, device="cuda") if with_alpha else None
-        fns = {t: functools.partial(mask_rotate_cast, g, mask, inverse, torch.bfloat16, alpha, t) for t in EPILOGUE_TILES}
+        fns = {t: functools.partial(mask_rotate_cast, g, mask, inverse, torch.bfloat16, alpha, t) for t in [None, *EPILOGUE_TILES]}
         runs = [{t: bench(fn, return_mode="median") for t, fn in fns.items()} for _ in range(rounds)]
         med = {t: sorted(r[t] for r in runs)[rounds // 2] for t in fns}
-        print(f"| {label} | " + " | ".join(f"{med[t]:.3f}" for t in EPILOGUE_TILES) + " |", flush=True)
+        print(f"| {label} | " + " | ".join(f"{med[t]:.3f}" for t in fns) + " |", flush=True)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 
-from fp4compile.kernels.compile_check import VARIANTS, compile_fold, compile_stats_kernels, compile_variant
+from fp4compile.kernels.compile_check import VARIANTS, compile_epilogues, compile_fold, compile_stats_kernels, compile_variant
 from fp4compile.kernels.rotate_quantize import Tile
 
 _OPCODE = re.compile(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
@@ -91,6 +91,8 @@ def main() -> int:
         print(report(name, kernel.asm["cubin"], tile))
     kernel, (block_m, block_k, warps) = compile_fold(90, as_launched=True)
     print(report("fold: packed MXFP4 -> FP8", kernel.asm["cubin"], Tile(block_m, block_k, warps)))
+    for name, kernel, per_thread in compile_epilogues(90, as_launched=True):  # reported as per_thread x 32 elements / 1 warp
+        print(report(f"{name}: mask + inverse H32 -> bf16", kernel.asm["cubin"], Tile(per_thread, 32, 1)))
     return 0
 
 

@@ -755,6 +755,21 @@ def kernel_seed(seed: Seed, device: torch.device) -> tuple[torch.Tensor, int]:
     return persistent.cached(("seed", value), device, lambda: torch.tensor([value], dtype=torch.int64, device=device)), 0
 
 
+def _fixed_hadamard(g: int, device: torch.device) -> torch.Tensor:
+    """The +-1 Sylvester Hadamard matrix [g, g] (bf16) on ``device``: one cached tensor per device and size."""
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" name one device: one cache entry
+        device = torch.device("cuda", torch.cuda.current_device())
+    return persistent.cached(("hadamard+-1", g), device, lambda: torch.sign(hadamard_matrix(g)).to(device, torch.bfloat16))
+
+
+def is_fixed_hadamard(rotation: PreparedRotation | None) -> bool:
+    """Whether ``rotation`` is the fixed Sylvester Hadamard that :func:`prepare_rotation` made (kernels may then
+    rotate by its butterfly instead of a matmul)."""
+    if rotation is None or not isinstance(rotation, PreparedRotation) or rotation.h.dim() != 2:
+        return False
+    return rotation.h is _fixed_hadamard(rotation.h.shape[0], rotation.h.device)
+
+
 def prepare_rotation(rotation: Rotation, seed: Seed | None, device: torch.device, *, inverse: bool = False) -> PreparedRotation | None:
     """The rotation's ``M`` (or ``M^T`` with ``inverse``) prepared for the kernels on ``device``, without a host sync.
 
@@ -767,7 +782,7 @@ def prepare_rotation(rotation: Rotation, seed: Seed | None, device: torch.device
         return None
     device = torch.device(device)
     c = float(torch.tensor(1.0 / rotation.size**0.5, dtype=torch.float32))  # max |M|, float32 1/sqrt(G)
-    h = persistent.cached(("hadamard+-1", rotation.size), device, lambda: (hadamard_matrix(rotation.size) / c).to(device, torch.bfloat16))
+    h = _fixed_hadamard(rotation.size, device)
     if not rotation.is_random:
         return PreparedRotation(h, c)  # H is symmetric: H^T = H
     if seed is None:

@@ -106,6 +106,34 @@ def test_epilogue_kernel_matches_torch(with_mask, rotation, tile):
     assert (got.float() - expected.float()).abs().max() <= 2**-7 * expected.float().abs().max()
 
 
+@pytest.mark.parametrize("with_mask,with_alpha", [(True, False), (False, True), (True, True)])
+def test_epilogue_butterfly_equals_the_matmul_rotation(with_mask, with_alpha):
+    """The fixed Hadamard-32 epilogue (``epilogue_h32_kernel``: a butterfly in registers, which prepare_rotation's fixed
+    Hadamard selects) equals the torch composition and the tensor-core kernel (any tile) to FP32 summation order, on
+    fresh data over six decades, rows whose (row, group) pairs do not fill the last program, alpha and the mask."""
+    from fp4compile import formats
+    from fp4compile.kernels.epilogue import mask_rotate_cast
+    from fp4compile.kernels.rotate_quantize import Tile, is_fixed_hadamard, prepare_rotation
+    from fp4compile.rotations import parse_rotation
+
+    rot = parse_rotation("hadamard-32")
+    inverse = prepare_rotation(rot, None, torch.device(DEV), inverse=True)
+    assert is_fixed_hadamard(inverse) and not is_fixed_hadamard(prepare_rotation(parse_rotation("random_hadamard-32"), 3, torch.device(DEV)))
+    g = torch.randn(40, 288) * torch.logspace(-3, 3, 288)[torch.randperm(288)]  # 40 x 9 pairs: 3 programs, the last part-full
+    mask = torch.rand(40, 288) < 0.9
+    alpha = torch.tensor(0.37) if with_alpha else None
+    expected = g * alpha if with_alpha else g
+    expected = rot.undo(expected * mask if with_mask else expected).float()
+    bits = formats.pack_bits(mask).to(DEV) if with_mask else None
+    a = alpha.to(DEV) if with_alpha else None
+    fly = mask_rotate_cast(g.to(DEV), bits, inverse, torch.float32, alpha=a).cpu()
+    mm = mask_rotate_cast(g.to(DEV), bits, inverse, torch.float32, alpha=a, tile=Tile(32, 128, 4)).cpu()  # a tile: the matmul kernel
+    scale = expected.abs().amax(dim=-1, keepdim=True)
+    assert ((fly - expected).abs() / scale).max() < 1e-5 and ((fly - mm).abs() / scale).max() < 1e-5
+    if not with_mask:
+        assert (fly != 0).all()
+
+
 # ------------------------------------------------------------------------------------------------
 # The quantize kernel writing the GEMM-ready form directly (kernels/rotate_quantize.quantize_for_gemm)
 # ------------------------------------------------------------------------------------------------
