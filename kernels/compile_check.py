@@ -112,16 +112,16 @@ def compile_fold(capability: int, *, as_launched: bool = False):
 
 def compile_epilogues(capability: int, *, as_launched: bool = False):
     """The backward GEMMs' epilogues as launched for Quartet's dX (mask + inverse Hadamard-32 + cast to bf16), as
-    (name, compiled kernel, elements per thread): the matmul kernel on its tile and the butterfly one."""
+    (name, compiled kernel, elements per thread, warps): the matmul kernel on its tile and the butterfly one."""
     from fp4compile.kernels.epilogue import BUTTERFLY_WARPS, EPILOGUE_TILE, epilogue_h32_kernel, epilogue_kernel
 
     t = EPILOGUE_TILE
     yield ("epilogue_kernel", _compile(epilogue_kernel, dict(HAS_ALPHA=True, HAS_MASK=True, G=32, PRECISION="tf32x3", BLOCK_R=t.block_r, BLOCK_K=t.block_k),
                                        {"g_ptr": "*fp32", "alpha_ptr": "*fp32", "mask_ptr": "*u8", "h_ptr": "*bf16", "rot_scale": "fp32", "out_ptr": "*bf16"},
-                                       capability, as_launched=as_launched, num_warps=t.num_warps), t.block_r * t.block_k // (32 * t.num_warps))
+                                       capability, as_launched=as_launched, num_warps=t.num_warps), t.block_r * t.block_k // (32 * t.num_warps), t.num_warps)
     yield ("epilogue_h32_kernel", _compile(epilogue_h32_kernel, dict(HAS_ALPHA=False, HAS_MASK=True, BLOCK_P=32 * BUTTERFLY_WARPS),
                                            {"g_ptr": "*fp32", "alpha_ptr": "*fp32", "mask_ptr": "*i32", "rot_scale": "fp32", "out_ptr": "*bf16"},
-                                           capability, as_launched=as_launched, num_warps=BUTTERFLY_WARPS), 32)
+                                           capability, as_launched=as_launched, num_warps=BUTTERFLY_WARPS), 32, BUTTERFLY_WARPS)
 
 
 def compile_fold_kernels(capability: int):
@@ -131,7 +131,7 @@ def compile_fold_kernels(capability: int):
     yield "fold_kernel", compile_fold(capability)[0]
     yield "bf16_values_kernel", _compile(bf16_values_kernel, dict(E8M0=False, BLOCK_M=32, BLOCK_K=256, GROUP=16),
                                          {"codes_ptr": "*u8", "scales_ptr": "*u8", "out_ptr": "*bf16"}, capability)
-    for name, kernel, _ in compile_epilogues(capability):
+    for name, kernel, *_ in compile_epilogues(capability):
         yield name, kernel
 
 

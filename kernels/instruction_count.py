@@ -68,14 +68,17 @@ def opcodes(cubin: bytes) -> collections.Counter:
     return collections.Counter(m.group(1) for m in map(_OPCODE.match, sass.splitlines()) if m)
 
 
-def report(name: str, cubin: bytes, tile: Tile) -> str:
-    """One line: instructions (per element of the tile's share per thread), registers and the warps per SM they allow."""
+def report(name: str, cubin: bytes, tile: Tile, per_thread: int | None = None) -> str:
+    """One line: instructions (per element of the tile's share per thread, or of ``per_thread`` elements for a kernel
+    whose threads each take a fixed share: the butterfly epilogue's 32-element group), registers and the warps per SM
+    they allow."""
     ops = opcodes(cubin)
     total = sum(ops.values())
-    elements_per_thread = tile.block_r * tile.block_k // (32 * tile.num_warps)
+    elements_per_thread = per_thread or tile.block_r * tile.block_k // (32 * tile.num_warps)
     regs = registers(cubin)
     top = ", ".join(f"{o} {c}" for o, c in ops.most_common(8))
-    return (f"{name} [{tile.block_r}x{tile.block_k}/{tile.num_warps} warps]: {total} instructions, {total / elements_per_thread:.0f} per element, "
+    shape = f"{per_thread} elements per thread" if per_thread else f"{tile.block_r}x{tile.block_k}"
+    return (f"{name} [{shape}/{tile.num_warps} warps]: {total} instructions, {total / elements_per_thread:.0f} per element, "
             f"{regs} registers ({warps_per_sm(regs, tile.num_warps)} warps per SM) ({top})")
 
 
@@ -91,8 +94,8 @@ def main() -> int:
         print(report(name, kernel.asm["cubin"], tile))
     kernel, (block_m, block_k, warps) = compile_fold(90, as_launched=True)
     print(report("fold: packed MXFP4 -> FP8", kernel.asm["cubin"], Tile(block_m, block_k, warps)))
-    for name, kernel, per_thread in compile_epilogues(90, as_launched=True):  # reported as per_thread x 32 elements / 1 warp
-        print(report(f"{name}: mask + inverse H32 -> bf16", kernel.asm["cubin"], Tile(per_thread, 32, 1)))
+    for name, kernel, per_thread, warps in compile_epilogues(90, as_launched=True):
+        print(report(f"{name}: mask + inverse H32 -> bf16", kernel.asm["cubin"], Tile(1, 16, warps), per_thread))
     return 0
 
 
