@@ -28,6 +28,7 @@ from fp4compile.kernels.rotate_quantize import (
     _precision,
     _rotate,
     _rotation_matrix,
+    check_elements,
     device_rotation,
     is_fixed_hadamard,
     placeholder,
@@ -146,8 +147,9 @@ def mask_rotate_cast(g: torch.Tensor, mask_bits: torch.Tensor | None, inverse_ro
     """``((g * alpha * mask) @ blockdiag(M^T)).to(out_dtype)`` for fp32 ``g [R, K]``; ``inverse_rotation`` is ``M^T``
     (built on the CPU: no host sync), ``alpha`` a float32 scalar tensor on g's device. ``tile``: rows x up to
     ``block_k`` columns per program and its warps (default ``EPILOGUE_TILE``; benchmarks' sweeps)."""
-    g = g.contiguous().float()
     r, k = g.shape
+    check_elements(r * k, f"GEMM epilogue [{r}, {k}]")
+    g = g.contiguous().float()
     g_size = rotation_size(inverse_rotation)
     if tile is None and is_fixed_hadamard(inverse_rotation) and g_size == 32 and k % 32 == 0:
         out = torch.empty(r, k, dtype=out_dtype, device=g.device)

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4compile.kernels.rotate_quantize import _NO_ROW_EXP, INTERPRETED, _e2m1_value, _e4m3_from_byte, _pow2
+from fp4compile.kernels.rotate_quantize import _NO_ROW_EXP, INTERPRETED, _e2m1_value, _e4m3_from_byte, _pow2, check_elements
 
 _INTERPRETED = tl.constexpr(INTERPRETED)  # Triton's CPU interpreter runs no inline PTX
 FOLD_BLOCK_M, FOLD_WARPS = 32, 4  # the fold's tile: 32 rows x up to 256 elements, 4 warps
@@ -169,6 +169,7 @@ def fold_mxfp4_fp8(codes: torch.Tensor, scales: torch.Tensor, row_exponents: tor
     default: the device's fold counter, ``hopper_gemm.fold_stats``).
     """
     m, k = codes.shape[0], codes.shape[1] * 2
+    check_elements(m * k, f"FP8 fold [{m}, {k}]")
     if row_exponents is None:
         from fp4compile.lowering.hopper_gemm import row_exponents as twin_row_exponents
 
@@ -191,8 +192,9 @@ def block_values_bf16(codes: torch.Tensor, scales: torch.Tensor, group_size: int
     NVFP4 (E4M3 scales): ``q * s8`` has at most 6 significant bits; MXFP4 (E8M0): ``q * 2^e`` with e in
     [-127, 127], inside BF16's range. The tensor scale and factor are not applied. A NaN scale gives a NaN group.
     """
+    m, k = codes.numel() // max(codes.shape[-1], 1), codes.shape[-1] * 2
+    check_elements(m * k, f"block values [{m}, {k}]")
     c2 = codes.reshape(-1, codes.shape[-1]).contiguous()
-    m, k = c2.shape[0], c2.shape[1] * 2
     out = torch.empty(m, k, dtype=torch.bfloat16, device=codes.device)
     block_m, block_k = 32, _block_k(k)
     bf16_values_kernel[(triton.cdiv(m, block_m), k // block_k)](c2, scales.reshape(m, -1).contiguous(), out, m, k, E8M0=e8m0,

@@ -626,6 +626,18 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _NO_FMA = {} if INTERPRETED else {"enable_fp_fusion": False}
 
 
+MAX_ELEMENTS = 2**31 - 1  # the kernels address elements with int32 offsets (row * stride + column)
+
+
+def check_elements(numel: int, what: str) -> None:
+    """Refuse a tensor of more elements than the kernels' int32 offsets reach: past 2^31 - 1 they would wrap and read
+    or write wrong addresses, silently. The error names the fix."""
+    if numel > MAX_ELEMENTS:
+        raise ValueError(f"{what}: {numel:,} elements, more than the Triton kernels' int32 offsets reach (2^31 - 1 = {MAX_ELEMENTS:,}); "
+                         "use fewer tokens per step (a smaller batch or sequence), keep this layer in high precision "
+                         "(options={'skip': ['<its module name>']}), or use kernels='reference'")
+
+
 def _block_k(k_out: int, minimum: int, largest: int = 128) -> int:
     for b in (128, 64, 32, 16):
         if minimum <= b <= largest and k_out % b == 0:
@@ -872,6 +884,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     if x.dim() != 2:
         raise ValueError(f"quantize kernel takes a 2-D tensor, got shape {tuple(x.shape)}")
     r, k = (x.shape[1], x.shape[0]) if transpose else x.shape
+    check_elements(max(r * k, r * (-(-k // 128) * 128)), f"quantize kernel ({quantizer.name}, [{r}, {k}])")  # the input and its padded outputs
     stride_r, stride_k = (x.stride(1), x.stride(0)) if transpose else (x.stride(0), x.stride(1))
     device, dense = x.device, x
     dtype = x.dtype  # the scaled source is BF16 block values (exact), rotated before alpha is applied

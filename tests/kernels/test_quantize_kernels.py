@@ -296,3 +296,24 @@ def test_tile_register_cap_out_of_range_is_named(cap):
 
     with pytest.raises(ValueError, match=f"max_registers={cap} must be 0"):
         _kernel()(torch.randn(32, 64).to(DEV), f4.get_quantizer("mxfp4_rtn"), None, seed=0, tile=Tile(64, 64, 4, 1, cap))
+
+
+def test_tensors_past_int32_offsets_are_refused_with_the_fix():
+    """The kernels index with int32 offsets: a tensor past 2^31 - 1 elements gets an error that names the limit and the
+    fixes, before anything is allocated or launched (expanded views: no memory behind them)."""
+    from fp4compile.kernels.epilogue import mask_rotate_cast
+    from fp4compile.kernels.fold import fold_mxfp4_fp8
+    from fp4compile.kernels.rotate_quantize import MAX_ELEMENTS
+
+    rows, cols = 1 << 16, (1 << 15) + 128  # 2^31 + 2^23 elements
+    assert rows * cols > MAX_ELEMENTS
+    calls = [
+        lambda: _kernel()(torch.zeros(1, dtype=torch.bfloat16).expand(rows, cols), f4.get_quantizer("mxfp4_rtn"), None, seed=0),
+        lambda: mask_rotate_cast(torch.zeros(1).expand(rows, cols), None, None, torch.bfloat16),
+        lambda: fold_mxfp4_fp8(torch.zeros(1, dtype=torch.uint8).expand(rows, cols // 2), torch.zeros(1, dtype=torch.uint8).expand(rows, cols // 32)),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"int32 offsets.*kernels='reference'"):
+            call()
+    kq, _ = _kernel()(torch.randn(64, 64).to(DEV), f4.get_quantizer("mxfp4_rtn"), None, seed=0)  # small tensors pass
+    assert kq.codes.shape == (64, 32)
