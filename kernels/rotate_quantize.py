@@ -884,7 +884,6 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     if x.dim() != 2:
         raise ValueError(f"quantize kernel takes a 2-D tensor, got shape {tuple(x.shape)}")
     r, k = (x.shape[1], x.shape[0]) if transpose else x.shape
-    check_elements(max(r * k, r * (-(-k // 128) * 128)), f"quantize kernel ({quantizer.name}, [{r}, {k}])")  # the input and its padded outputs
     stride_r, stride_k = (x.stride(1), x.stride(0)) if transpose else (x.stride(0), x.stride(1))
     device, dense = x.device, x
     dtype = x.dtype  # the scaled source is BF16 block values (exact), rotated before alpha is applied
@@ -894,6 +893,8 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     g = rotation_size(rotation)
     multiple = math.lcm(group, g or 1, 16, pad_to)
     k_out = -(-k // multiple) * multiple
+    # the largest offsets the kernel forms: the input's last element (any strides) and the padded outputs' [r, k_out]
+    check_elements(max(r * k_out, (r - 1) * stride_r + (k - 1) * stride_k + 1), f"quantize kernel ({quantizer.name}, [{r}, {k}])")
     trans_load = stride_r == 1 and stride_k != 1  # r is the contiguous axis: load [K, R] tiles
     rows_multiple = 16 if rule.rule == NV_RTN16.value else 1  # its scales cover 16 x 16 blocks, which must not straddle programs
     tile = Tile(*tile) if tile is not None else default_tile(g, trans_load, rows_multiple)
