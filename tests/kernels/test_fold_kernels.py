@@ -109,7 +109,7 @@ def test_epilogue_kernel_matches_torch(with_mask, rotation, tile):
 @pytest.mark.parametrize("with_mask,with_alpha", [(True, False), (False, True), (True, True)])
 def test_epilogue_butterfly_equals_the_matmul_rotation(with_mask, with_alpha):
     """The fixed Hadamard-32 epilogue (``epilogue_h32_kernel``: a butterfly in registers, which prepare_rotation's fixed
-    Hadamard selects) equals the torch composition and the tensor-core kernel (any tile) to FP32 summation order, on
+    Hadamard selects) equals the torch composition and the tensor-core kernel (given a tile) to FP32 summation order, on
     fresh data over six decades, rows whose (row, group) pairs do not fill the last program, alpha and the mask."""
     from fp4compile import formats
     from fp4compile.kernels.epilogue import mask_rotate_cast
