@@ -12,7 +12,9 @@ Per quantized linear layer ``y = x W^T`` (x ``[T, K]``, W ``[N, K]``, E = dL/dy 
   along the last dim. ``mask`` is the trust mask packed one bit per element, or an empty tensor. ``form``
   is the layout plan's decision (lowering/layout_plan.py): ``"packed"`` leaves ``values`` and ``row_scale``
   empty; ``"fp8"`` / ``"bf16"`` also return the GEMM-ready values ``[R, K]`` (and FP32 row scales
-  ``[R, 1]`` for FP8) from the same kernel launch, while the packed outputs are what the backward saves.
+  ``[R, 1]`` for FP8) from the same kernel launch, while the packed outputs are what the backward saves;
+  ``"fp4"`` (the ``blackwell`` target) returns as ``values`` the scale bytes again in the 128x4 blocked layout
+  (uint8, flat), which with the packed codes are the native FP4 GEMM's operand.
 * ``output_gemm(x codes/scales/tensor_scale, w codes/scales/tensor_scale, recipe, out_dtype, kernel,
   x values/row_scale, w values/row_scale)``: ``y = Xq @ Wq^T`` ``[T, N]``, from the values when given.
 * ``grad_input(E, W codes/scales/tensor_scale?, W?, x_mask?, recipe, seed, out_dtype, kernel)``: ``[T, K]``.
@@ -24,6 +26,8 @@ op; every op runs the reference (``fp4compile.reference.linear``) on the ``refer
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -51,7 +55,7 @@ def _lowered(kernel: str):
     """The module implementing ``kernel`` (None for the reference, which is written inline below)."""
     if kernel == "reference":
         return None
-    if kernel == "triton":
+    if kernel in ("triton", "blackwell"):  # blackwell: the same ops, with the native FP4 GEMM where the layout plan says fp4
         from fp4compile.lowering import triton_ops
 
         return triton_ops
@@ -95,12 +99,12 @@ def _counter(state: int, site: str, device: torch.device) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-_VALUE_DTYPES = {"fp8": torch.float8_e4m3fn, "bf16": torch.bfloat16}
+_VALUE_DTYPES = {"fp8": torch.float8_e4m3fn, "bf16": torch.bfloat16, "fp4": torch.uint8}
 
 
 def _check_form(form: str) -> None:
     if form != "packed" and form not in _VALUE_DTYPES:
-        raise ValueError(f"fp4compile::quantize: form must be 'packed', 'fp8' or 'bf16', got {form!r}")
+        raise ValueError(f"fp4compile::quantize: form must be 'packed', 'fp8', 'bf16' or 'fp4', got {form!r}")
 
 
 @torch.library.custom_op("fp4compile::quantize", mutates_args=())
@@ -110,7 +114,7 @@ def quantize(
     _check_form(form)
     r = get_recipe(recipe)
     if (impl := _lowered(kernel)) is not None:
-        return impl.quantize(t, r, operand, _kernel_seed(seed, fallback_seed), form)
+        return impl.quantize(t, r, operand, _kernel_seed(seed, fallback_seed), form, kernel)
     s = _host_seed(seed, fallback_seed)
     if form != "packed":
         raise ValueError(f"fp4compile::quantize: the reference lowering writes the packed form only, not {form!r}")
@@ -134,6 +138,10 @@ def _(t, recipe, operand, seed, fallback_seed, kernel, form="packed"):
     mask = t.new_empty((*rows, k // 8), dtype=torch.uint8) if q.has_mask else t.new_empty((0,), dtype=torch.uint8)
     if form == "packed":
         return codes, scales, tscale, mask, t.new_empty((0,), dtype=torch.uint8), t.new_empty((0,), dtype=torch.uint8)
+    if form == "fp4":  # the scale bytes in the 128x4 blocked layout: round_up(R, 128) * round_up(K/g, 4), flat
+        r = rows[0] if len(rows) == 1 else math.prod(rows)
+        blocked = ((r + 127) // 128 * 128) * ((k // q.group_size + 3) // 4 * 4)
+        return codes, scales, tscale, mask, t.new_empty((blocked,), dtype=torch.uint8), t.new_empty((0,), dtype=torch.uint8)
     values = t.new_empty((*rows, k), dtype=_VALUE_DTYPES[form])
     row_scale = t.new_empty((*rows, 1), dtype=torch.float32) if form == "fp8" else t.new_empty((0,), dtype=torch.uint8)
     return codes, scales, tscale, mask, values, row_scale
@@ -159,7 +167,12 @@ def output_gemm(
     return ref.output_gemm(xq, wq, out_dtype)  # [T, K] @ [K, N] -> [T, N]
 
 
-def _values(q: QuantizedTensor, values: Tensor, row_scale: Tensor | None) -> GemmValues:
+def _values(q: QuantizedTensor, values: Tensor, row_scale: Tensor | None):
+    """The GEMM-ready operand: FP8 / BF16 values (GemmValues), or the codes with blocked scale bytes (uint8: form fp4)."""
+    if values.dtype == torch.uint8:
+        from fp4compile.lowering.blackwell import fp4_operand
+
+        return fp4_operand(q.codes, values, q.scale_format, q.alpha)
     return GemmValues(values, row_scale if row_scale is not None and row_scale.dtype == torch.float32 else None, q.alpha)
 
 
@@ -190,7 +203,7 @@ def grad_input(
     r = get_recipe(recipe)
     wq = _unflatten(r, r.output.b, w_codes, w_scales, w_tscale)
     if (impl := _lowered(kernel)) is not None:
-        return impl.grad_input(grad, wq, w_hp, x_mask, k, r, DeviceSeed(seed), out_dtype)
+        return impl.grad_input(grad, wq, w_hp, x_mask, k, r, DeviceSeed(seed), out_dtype, kernel)
     mask = None if x_mask is None else formats.unpack_bits(x_mask)
     # === GEMM 2: grad_input = E @ W   [T,N] @ [N,K] -> [T,K]
     return ref.grad_input(grad, wq, w_hp, mask, r, _host_seed(seed, 0), out_dtype)
@@ -218,7 +231,7 @@ def grad_weight(
     r = get_recipe(recipe)
     xq = _unflatten(r, r.output.a, x_codes, x_scales, x_tscale)
     if (impl := _lowered(kernel)) is not None:
-        return impl.grad_weight(grad, xq, x_hp, w_mask, k, r, DeviceSeed(seed), out_dtype)
+        return impl.grad_weight(grad, xq, x_hp, w_mask, k, r, DeviceSeed(seed), out_dtype, kernel)
     mask = None if w_mask is None else formats.unpack_bits(w_mask)
     # === GEMM 3: grad_weight = E^T @ X   [N,T] @ [T,K] -> [N,K]
     return ref.grad_weight(grad, xq, x_hp, mask, r, _host_seed(seed, 0), out_dtype)

@@ -14,8 +14,9 @@ import os
 import sys
 
 VARIANTS = [
-    # (name, RULE, SR, GROUP, G, PRECISION, SCALED, TRANSPOSED, WRITE_MASK, VALUES (0 none, 1 FP8, 2 BF16), WRITE_PACKED)
-    # the FP8 form writes packed codes (the fold kernel reads them) and the row exponents: WRITE_PACKED with VALUES 1
+    # (name, RULE, SR, GROUP, G, PRECISION, SCALED, TRANSPOSED, WRITE_MASK, FORM, WRITE_PACKED): FORM 0 none, 1 FP8, 2 BF16
+    # (the kernel's VALUES), 3 Blackwell's FP4 (packed codes + 128x4 blocked scales: VALUES 0, BLOCKED_SCALES); the FP8
+    # form writes packed codes (the fold kernel reads them) and the row exponents: WRITE_PACKED with FORM 1
     # SCALED (a saved FP4 tensor's block values) is always read transposed; TRANSPOSED is the X^T / E^T read
     ("mxfp4_quest+H32 -> fp8 + packed", 1, False, 32, 32, "bf16", False, False, True, 1, True),
     ("mxfp4_tseng_rtn+RHT32 -> fp8", 2, False, 32, 32, "bf16", False, False, False, 1, True),
@@ -30,7 +31,14 @@ VARIANTS = [
     ("nvfp4_sr (transposed, unrotated) -> bf16", 10, True, 16, 0, "bf16", False, True, False, 2, False),
     ("nvfp4_ms_eden+RHT128 (saved source) -> bf16", 12, False, 16, 128, "bf16", True, True, False, 2, False),
     ("nvfp4_rtn_16x16 -> bf16 + packed", 13, False, 16, 0, "bf16", False, False, False, 2, True),
+    # the blackwell target's forms (lowering/blackwell.py), as Quartet and Quartet II launch them
+    ("mxfp4_quest+H32 -> fp4 + packed", 1, False, 32, 32, "bf16", False, False, True, 3, True),
+    ("mxfp4_tseng_rtn+RHT32 (transposed) -> fp4", 2, False, 32, 32, "bf16", False, True, False, 3, False),
+    ("mxfp4_tseng_rtn+RHT32 (saved source) -> fp4", 2, False, 32, 32, "bf16", True, True, False, 3, False),
+    ("nvfp4_4over6 -> fp4 + packed", 11, False, 16, 0, "bf16", False, False, False, 3, True),
+    ("nvfp4_ms_eden+RHT128 (saved source) -> fp4", 12, False, 16, 128, "bf16", True, True, False, 3, False),
 ]
+FP4_FORM = 3
 # The FP8 form (MXFP4 folded into FP8, VALUES=1) is the Hopper lowering: Blackwell multiplies packed FP4
 # (lowering/blackwell.py), so those variants compile for sm_9x only. (Triton 3.6's sm_100 pipeline also
 # rejects the rotated ones: TritonNvidiaGPUOptimizeTMemLayoutsPass, "parent layout must have at least rank >= 2".)
@@ -47,17 +55,18 @@ def variant_tile(rule: int, g: int, transposed: bool, *, as_launched: bool):
 
 def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, precision: str, scaled: bool, transposed: bool, mask: bool,
                     values: int, write_packed: bool, *, as_launched: bool = False):
-    """(the compiled quantize kernel of one VARIANTS row, the tile it was compiled for)."""
+    """(the compiled quantize kernel of one VARIANTS row, the tile it was compiled for); ``values`` is the row's FORM."""
 
     from fp4compile.kernels.rotate_quantize import quantize_kernel
 
     tile = variant_tile(rule, g, transposed, as_launched=as_launched)
     constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=scaled, TRANS_LOAD=transposed,
-                      HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed, VALUES=values,
-                      WRITE_S32=write_packed or rule >= 10, BLOCK_R=tile.block_r, BLOCK_K=tile.block_k,
-                      ROW_ITERS=tile.row_iters)
+                      HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed or values == FP4_FORM,
+                      VALUES=0 if values == FP4_FORM else values, WRITE_S32=write_packed or rule >= 10,
+                      PLAIN_SCALES=write_packed or values == 1, BLOCKED_SCALES=values == FP4_FORM,
+                      BLOCK_R=tile.block_r, BLOCK_K=tile.block_k, ROW_ITERS=tile.row_iters)
     types = {**_SOURCE_TYPES, "amax_ptr": "*fp32", "s32_ptr": "*fp32", "alpha_out_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32",
-             "mask_ptr": "*u8", "val_max": "fp32", "ts_den": "fp32", "inv_val_max": "fp32",
+             "mask_ptr": "*u8", "blocked_ptr": "*u8", "val_max": "fp32", "ts_den": "fp32", "inv_val_max": "fp32",
              "inv_ts_den": "fp32", "factor": "fp32", "scratch_ptr": "*fp32",
              "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "seed_ptr": "*i64"}
     return _compile(quantize_kernel, constexprs, types, capability, as_launched=as_launched, num_warps=tile.num_warps,

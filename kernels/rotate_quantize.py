@@ -402,6 +402,8 @@ def quantize_kernel(
     x_ptr, stride_r, stride_k, alpha_ptr,
     # rotation; NVFP4: the pre-pass's amax in, tensor scale s32 and alpha = s32 * factor out (WRITE_S32); uniforms (optional), outputs
     h_ptr, rot_scale, amax_ptr, s32_ptr, alpha_out_ptr, u_ptr, us_ptr, codes_ptr, scales_ptr, mask_ptr,
+    # the scale bytes again in Blackwell's 128x4 blocked layout (BLOCKED_SCALES: form "fp4"; the buffer zero-padded)
+    blocked_ptr,
     # GEMM-ready values: VALUES = 1 (MXFP4 for the FP8 fold) each row's largest live scale exponent, by atomic max into
     # er_ptr (the fold kernel then writes the FP8 values from the packed codes); 2: BF16 values into values_ptr
     values_ptr, er_ptr,
@@ -413,7 +415,7 @@ def quantize_kernel(
     val_max, ts_den, inv_val_max, inv_ts_den, factor,
     RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
     SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, HAS_U: tl.constexpr, WRITE_MASK: tl.constexpr, CORR: tl.constexpr, WRITE_PACKED: tl.constexpr, VALUES: tl.constexpr,
-    WRITE_S32: tl.constexpr,
+    WRITE_S32: tl.constexpr, PLAIN_SCALES: tl.constexpr, BLOCKED_SCALES: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ROW_ITERS: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
@@ -518,14 +520,21 @@ def quantize_kernel(
             v = (v.to(tl.int32, bitcast=True) | (((codes >> 3) & 1) << 31)).to(tl.float32, bitcast=True)  # sign as a bit
             tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v.to(tl.bfloat16), mask=row_ok)
         if WRITE_PACKED:
-            # --- write: packed codes [R, K_OUT/2], scales [R, K_OUT/GROUP], mask bits [R, K_OUT/8]
+            # --- write: packed codes [R, K_OUT/2], scales [R, K_OUT/GROUP] (plain and/or blocked), mask bits [R, K_OUT/8]
             pairs = tl.reshape(codes, (BLOCK_R, BLOCK_K // 2, 2))
             lo, hi = tl.split(pairs)
             packed = (lo | (hi << 4)).to(tl.uint8)
             pc = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
             tl.store(codes_ptr + rows[:, None] * (K_OUT // 2) + pc[None, :], packed, mask=row_ok)
             gc = pid_k * NG + tl.arange(0, NG)
-            tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
+            if PLAIN_SCALES:
+                tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
+            if BLOCKED_SCALES:  # scale (i, j) at formats.blocked_index: 512-byte tiles of 128 rows x 4 columns
+                i = rows[:, None]
+                j = gc[None, :]
+                tiles_per_row = (K_OUT // GROUP + 3) // 4  # the scale columns padded to 4
+                blk = ((i // 128) * tiles_per_row + j // 4) * 512 + (i % 32) * 16 + ((i % 128) // 32) * 4 + j % 4
+                tl.store(blocked_ptr + blk, byte.to(tl.uint8), mask=row_ok)
             if WRITE_MASK:
                 t_lo, t_hi = tl.split(tl.reshape(trust, (BLOCK_R, BLOCK_K // 2, 2)))  # bit pairs first (neighbours share a thread)
                 quads = tl.reshape(t_lo | (t_hi << 1), (BLOCK_R, BLOCK_K // 8, 4))
@@ -566,7 +575,8 @@ from typing import NamedTuple  # noqa: E402
 
 import torch  # noqa: E402
 
-from fp4compile import persistent  # noqa: E402
+from fp4compile import formats, persistent  # noqa: E402
+from fp4compile.lowering.blackwell import Fp4Operand, fp4_operand  # noqa: E402
 from fp4compile.lowering.hopper_gemm import record_folds  # noqa: E402
 from fp4compile.quantized import GemmValues, QuantizedTensor, ScaleFormat  # noqa: E402
 from fp4compile.quantizers import Quantizer  # noqa: E402
@@ -838,7 +848,8 @@ def quantize(
     return q, mask
 
 
-VALUE_FORMS = {"fp8": 1, "bf16": 2}
+VALUE_FORMS = {"fp8": 1, "bf16": 2}  # the kernel's VALUES; "fp4" (Blackwell) writes packed codes + blocked scales instead
+GEMM_FORMS = (*VALUE_FORMS, "fp4")
 
 
 def quantize_for_gemm(
@@ -853,20 +864,27 @@ def quantize_for_gemm(
     pad_to: int = 1,
     uniforms: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     tile: Tile | None = None,
-) -> tuple[GemmValues, QuantizedTensor | None, torch.Tensor | None]:
-    """As :func:`quantize`, writing the GEMM-ready values.
+) -> tuple[GemmValues | Fp4Operand, QuantizedTensor | None, torch.Tensor | None]:
+    """As :func:`quantize`, writing the operand in the form its GEMM multiplies.
 
     ``form`` is ``"fp8"`` (MXFP4 quantizers: folded FP8 values and FP32 row scales; the kernel writes the packed
-    codes and each row's largest scale exponent, then ``kernels.fold`` folds the codes in a second, light pass) or
-    ``"bf16"`` (NVFP4 quantizers: exact ``q * s8``, written by the kernel itself). With
+    codes and each row's largest scale exponent, then ``kernels.fold`` folds the codes in a second, light pass),
+    ``"bf16"`` (NVFP4 quantizers: exact ``q * s8``, written by the kernel itself), or ``"fp4"`` (Blackwell's
+    native GEMM, MXFP4 in groups of 32 or NVFP4 in groups of 16: the packed codes as ``float4_e2m1fn_x2`` and the
+    scale bytes written a second time in the 128x4 blocked layout, as a ``lowering.blackwell.Fp4Operand``). With
     ``keep_packed`` the packed codes, scales and mask are written too (the forward operands the backward
-    re-reads); otherwise only the values. Returns ``(values, packed or None, mask bits or None)``.
+    re-reads). Returns ``(GEMM operand, packed or None, mask bits or None)``.
     """
-    if form not in VALUE_FORMS:
-        raise ValueError(f"quantize_for_gemm: form must be one of {sorted(VALUE_FORMS)}, got {form!r}")
-    wants = ScaleFormat.E8M0 if form == "fp8" else ScaleFormat.E4M3
-    if quantizer.scale_format is not wants:
-        raise ValueError(f"quantize_for_gemm: form {form!r} takes {wants.value}-scaled quantizers; {quantizer.name!r} is {quantizer.scale_format.value}")
+    if form not in GEMM_FORMS:
+        raise ValueError(f"quantize_for_gemm: form must be one of {list(GEMM_FORMS)}, got {form!r}")
+    if form == "fp4":
+        from fp4compile.lowering.blackwell import fp4_recipe
+
+        fp4_recipe(quantizer)  # MXFP4 groups of 32 or NVFP4 groups of 16, else a ValueError naming both
+    else:
+        wants = ScaleFormat.E8M0 if form == "fp8" else ScaleFormat.E4M3
+        if quantizer.scale_format is not wants:
+            raise ValueError(f"quantize_for_gemm: form {form!r} takes {wants.value}-scaled quantizers; {quantizer.name!r} is {quantizer.scale_format.value}")
     return _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, tile)
 
 
@@ -923,12 +941,19 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         alpha_out.fill_(quantizer.factor)
     empty8 = placeholder(torch.uint8, device)  # outputs this launch does not write (never returned)
     values = VALUE_FORMS.get(form, 0)
+    native = form == "fp4"
     # the FP8 form: the kernel writes the packed codes and scales (kept or not) and each row's largest live scale
-    # exponent (atomic max from the "no live group" marker); the fold kernel then writes the FP8 values from them
-    write_packed = keep_packed or values == 1
+    # exponent (atomic max from the "no live group" marker); the fold kernel then writes the FP8 values from them.
+    # The FP4 form: the packed codes, and the scales in the blocked layout (plain too where they are kept)
+    write_packed = keep_packed or values == 1 or native
+    plain_scales = keep_packed or values == 1
     e_r = torch.full((r,), _NO_ROW_EXP.value, dtype=torch.int32, device=device) if values == 1 else empty8
-    scales = torch.empty(r, k_out // group, dtype=torch.uint8, device=device) if write_packed else empty8
+    scales = torch.empty(r, k_out // group, dtype=torch.uint8, device=device) if plain_scales else empty8
     codes = torch.empty(r, k_out // 2, dtype=torch.uint8, device=device) if write_packed else empty8
+    blocked = empty8
+    if native:  # the padding of the 128 x 4 tiles must read 0 (as formats.to_blocked's): zeroed only where there is some
+        rows_p, cols_p = formats.blocked_shape(r, k_out // group)
+        blocked = (torch.zeros if (rows_p, cols_p) != (r, k_out // group) else torch.empty)(rows_p * cols_p, dtype=torch.uint8, device=device)
     out_values = torch.empty(r, k_out, dtype=torch.bfloat16, device=device) if values == 2 else empty8
     write_mask = rule.mask and keep_packed
     mask = torch.empty(r, k_out // 8, dtype=torch.uint8, device=device) if write_mask else empty8
@@ -941,11 +966,12 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     if is_nv and (g > 0 or rule.rule == NV_EDEN.value):  # per program: 3 floats per scale group of its tile (_to_group_per_thread)
         scratch = torch.empty(grid[0] * grid[1] * 3 * block_r * (block_k // group), dtype=torch.float32, device=device)
     quantize_kernel[grid](
-        *source, amax, s32, alpha_out, u_elem, u_scale, codes, scales, mask,
+        *source, amax, s32, alpha_out, u_elem, u_scale, codes, scales, mask, blocked,
         out_values, e_r, scratch,
         r, k, k_out, seed_ptr, seed_salt, rule.val_max, rule.scales_max * rule.val_max, rule.inv_val_max, rule.inv_ts_den, quantizer.factor,
         RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
-        WRITE_PACKED=write_packed, VALUES=values, WRITE_S32=write_s32, **common, **tile.compile_options(),
+        WRITE_PACKED=write_packed, VALUES=values, WRITE_S32=write_s32, PLAIN_SCALES=plain_scales, BLOCKED_SCALES=native,
+        **common, **tile.compile_options(),
     )
     # alpha = tensor scale * factor in float32, as the reference forms it (the kernel wrote NVFP4's); MXFP4's tensor
     # scale is 1, so its alpha is the factor alone, kept on the host (a 0-dim CPU tensor: no kernel, no copy)
@@ -960,4 +986,6 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         gemm = GemmValues(a8, row_scale, alpha)
     elif values == 2:
         gemm = GemmValues(out_values, None, alpha)
+    elif native:
+        gemm = fp4_operand(codes, blocked, quantizer.scale_format, alpha)
     return gemm, q, (mask if write_mask else None)

@@ -64,6 +64,13 @@ multiple of 16; M is free. FBGEMM's kernel may want more; not checked.
 Other sites (a high-precision operand, MXFP4 x NVFP4, other group sizes) are not this lowering's: they
 raise, naming the operand; the kernel selector sends them elsewhere. On a machine that is not 10.x,
 :func:`gemm_nt` raises :class:`BlackwellUnavailableError` and never falls back on its own.
+
+How the backend uses it (the ``blackwell`` kernel target, lowering/select.py): the layout plan gives the form
+``fp4`` to every GEMM whose two quantizers this GEMM takes; the quantize kernels then write the packed codes and,
+in the same launch, the scale bytes in the blocked layout (no ``to_blocked`` pass), as an :class:`Fp4Operand`;
+:func:`gemm_operands` multiplies two of them. ``kernels="auto"`` picks the target on a 10.x GPU only after
+:func:`native_gemm_problem` has run one small MXFP4 and one NVFP4 GEMM there and found them equal to the
+reference; otherwise it keeps the Hopper lowering (FP8 / BF16 GEMMs), which runs on 10.x as well.
 """
 
 from __future__ import annotations
@@ -152,11 +159,39 @@ def check_blackwell(device: torch.device | str | int | None = None) -> tuple[int
 
 
 class Fp4Operand(NamedTuple):
-    """One GEMM operand in the hardware's form."""
+    """One GEMM operand in the hardware's form: what :func:`as_fp4_operand` builds from a QuantizedTensor, and
+    what the quantize kernels write directly for the ``blackwell`` target (``kernels.quantize.quantize_for_gemm``,
+    form ``"fp4"``)."""
 
     data: torch.Tensor  # float4_e2m1fn_x2 [M, K/2], row-major, element 2i in the low nibble
     scales_blocked: torch.Tensor  # float8_e8m0fnu / float8_e4m3fn [round_up(M,128) * round_up(K/g,4)], 128x4 blocked
     alpha: torch.Tensor  # float32 [], tensor_scale * factor, applied after the K reduction
+
+    @property
+    def recipe(self) -> Fp4Recipe:
+        return Fp4Recipe.MXFP4 if self.scales_blocked.dtype == torch.float8_e8m0fnu else Fp4Recipe.NVFP4
+
+    @property
+    def shape(self) -> torch.Size:
+        """``[M, K]`` in elements."""
+        return torch.Size((self.data.shape[0], 2 * self.data.shape[1]))
+
+
+def fp4_operand(codes: torch.Tensor, scales_blocked: torch.Tensor, scale_format: ScaleFormat, alpha: torch.Tensor) -> Fp4Operand:
+    """Packed codes ``[M, K/2]`` (uint8) and flat blocked scale bytes (uint8) as the hardware's operand: dtype views,
+    no copy (a copy only where :func:`_hardware_ready` needs one)."""
+    _require_dtypes()
+    k_groups = 2 * codes.shape[1] // (MXFP4_GROUP if scale_format is ScaleFormat.E8M0 else NVFP4_GROUP)
+    rows_p, cols_p = formats.blocked_shape(codes.shape[0], k_groups)
+    if codes.dim() != 2 or codes.dtype != torch.uint8 or scales_blocked.dtype != torch.uint8 or scales_blocked.numel() != rows_p * cols_p:
+        raise ValueError(
+            f"fp4_operand: codes must be uint8 [M, K/2] and the blocked scales uint8 of round_up(M,128) * round_up(K/g,4) bytes; "
+            f"got codes {codes.dtype}{list(codes.shape)} and scales {scales_blocked.dtype}{list(scales_blocked.shape)} "
+            f"(expected {rows_p * cols_p} bytes)"
+        )
+    scale_dtype = torch.float8_e8m0fnu if scale_format is ScaleFormat.E8M0 else torch.float8_e4m3fn
+    data = _hardware_ready(codes).view(torch.float4_e2m1fn_x2)
+    return Fp4Operand(data, _hardware_ready(scales_blocked.reshape(-1)).view(scale_dtype), alpha.reshape(()).to(torch.float32))
 
 
 def _require_dtypes() -> None:
@@ -322,6 +357,31 @@ class ScaledMmCall:
             out = out.float() * self.alpha  # [M, N] * float32 []: the reference's epilogue, in float32
         return out.to(self.out_dtype).reshape(self.out_shape)
 
+    def emulate(self) -> torch.Tensor:
+        """The plain-PyTorch twin of :meth:`execute`: what the GEMM computes from these arguments, on any device.
+
+        Decode each operand low nibble first, unblock its 128x4 scales, multiply a TensorWise scale in,
+        accumulate in FP32 (exact products; the summation order differs from the tensor cores'), round to
+        what the GEMM writes, then alpha. CPU tests run the ``blackwell`` lowering through this (no Blackwell
+        GPU here); on a 10.x GPU ``execute`` is checked against the reference instead.
+        """
+        m, n, k = self.mnk
+        group = MXFP4_GROUP if self.recipe is Fp4Recipe.MXFP4 else NVFP4_GROUP
+
+        def values(rows_bytes: torch.Tensor, scales: tuple[torch.Tensor, ...], rows: int) -> torch.Tensor:
+            elems = formats.e2m1_decode(formats.unpack_e2m1(rows_bytes.view(torch.uint8)))  # [rows, K]
+            block = formats.from_blocked(scales[0].reshape(-1).view(torch.uint8), rows, k // group)
+            decode = formats.e8m0_decode if scales[0].dtype == torch.float8_e8m0fnu else formats.e4m3_decode
+            v = elems * decode(block).repeat_interleave(group, dim=-1)
+            return v * scales[1] if len(scales) > 1 else v  # TensorWise global scale
+
+        a_val = values(self.mat_a, self.scale_a, m)
+        b_val = values(self.mat_b.t(), self.scale_b, n)  # mat_b [K/2, N] column-major -> b's rows [N, K/2]
+        out = (a_val @ b_val.t()).to(self.gemm_dtype)  # [M, K] @ [K, N]: what the GEMM writes
+        if self.alpha is not None:
+            out = out.float() * self.alpha
+        return out.to(self.out_dtype).reshape(self.out_shape)
+
     def describe(self) -> str:
         """The call as one line of text (for logs and the kernel-selection report)."""
 
@@ -343,42 +403,49 @@ class ScaledMmCall:
         return f"{self.recipe.value}: {self.api.value}({', '.join(args)}){tail} -> {str(self.out_dtype).removeprefix('torch.')}{list(self.out_shape)}"
 
 
-def _quantized(op, which: str) -> QuantizedTensor:
+def _operand(op, which: str) -> tuple[Fp4Operand, tuple[int, ...]]:
+    """(the hardware operand, its leading dimensions) of a QuantizedTensor or an Fp4Operand."""
+    if isinstance(op, Fp4Operand):
+        return op, tuple(op.data.shape[:1])
     if not isinstance(op, QuantizedTensor):
         raise TypeError(
-            f"the native FP4 GEMM multiplies two QuantizedTensors; operand {which} is a plain "
+            f"the native FP4 GEMM multiplies two QuantizedTensors (or Fp4Operands); operand {which} is a plain "
             f"{type(op).__name__} ({getattr(op, 'dtype', '?')}): such sites belong to the reference or Hopper lowering"
         )
-    return op
+    return as_fp4_operand(op), tuple(op.shape[:-1])
 
 
-def scaled_mm_args(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype, *, api: ScaledMmApi | None = None) -> ScaledMmCall:
+def scaled_mm_args(a: QuantizedTensor | Fp4Operand, b: QuantizedTensor | Fp4Operand, out_dtype: torch.dtype, *, api: ScaledMmApi | None = None) -> ScaledMmCall:
     """Describe ``gemm_nt(a, b, out_dtype)`` as one native call (:class:`ScaledMmCall`); runs on any device.
 
     ``a`` is ``[..., K]`` (leading dimensions fold into M), ``b`` is ``[N, K]``; both quantized along K
-    with the same recipe. ``api`` forces an entry point (default: :func:`default_api`).
+    with the same recipe, as QuantizedTensors or already in the hardware's form (:class:`Fp4Operand`).
+    ``api`` forces an entry point (default: :func:`default_api`).
     """
-    a, b = _quantized(a, "a"), _quantized(b, "b")
-    recipe_a, recipe_b = fp4_recipe(a), fp4_recipe(b)
-    if recipe_a is not recipe_b:
-        raise ValueError(f"the native FP4 GEMM needs one recipe for both operands; a is {recipe_a.value}, b is {recipe_b.value}")
-    recipe = recipe_a
+    for op in (a, b):  # the recipe and group checks first: they name what is wrong with a QuantizedTensor
+        if isinstance(op, QuantizedTensor):
+            fp4_recipe(op)
+    if isinstance(b, QuantizedTensor) and b.codes.dim() != 2:
+        raise ValueError(f"operand b must be 2-D [N, K], got shape {tuple(b.shape)}")
+    op_a, lead = _operand(a, "a")
+    op_b, _ = _operand(b, "b")
+    recipe = op_a.recipe
+    if op_b.recipe is not recipe:
+        raise ValueError(f"the native FP4 GEMM needs one recipe for both operands; a is {recipe.value}, b is {op_b.recipe.value}")
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {[str(d) for d in OUT_DTYPES]}, got {out_dtype}")
-    if b.codes.dim() != 2:
-        raise ValueError(f"operand b must be 2-D [N, K], got shape {tuple(b.shape)}")
-    if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"gemm_nt: inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)}^T")
-    k, n = a.shape[-1], b.shape[0]
+    if op_a.shape[1] != op_b.shape[1]:
+        raise ValueError(f"gemm_nt: inner dimensions differ: {(*lead, op_a.shape[1])} @ {tuple(op_b.shape)}^T")
+    k, n = op_a.shape[1], op_b.shape[0]
     if k % K_MULTIPLE or n % N_MULTIPLE:
         raise ValueError(
             f"the native FP4 GEMM needs K % {K_MULTIPLE} == 0 and N % {N_MULTIPLE} == 0 (torch._scaled_mm on packed "
             f"float4: K/2 bytes and N multiples of 16); got K = {k}, N = {n}; pad K or keep this layer in high precision"
         )
-    devices = {t.device for t in (a.codes, a.scales, a.tensor_scale, b.codes, b.scales, b.tensor_scale)}
+    # a 0-dim CPU alpha (MXFP4's factor, kept on the host by the quantize kernels) is a scalar on any device
+    devices = {t.device for t in (*op_a, *op_b) if not (t.dim() == 0 and t.device.type == "cpu")}
     if len(devices) != 1:
         raise ValueError(f"operands must be on one device, got {sorted(map(str, devices))}")
-    _require_dtypes()
     api = ScaledMmApi(api) if api is not None else default_api(recipe)
     enums = _functional_enums()
     if api is ScaledMmApi.FUNCTIONAL and enums is None:
@@ -386,9 +453,8 @@ def scaled_mm_args(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtyp
             f"torch {torch.__version__} has no torch.nn.functional.scaled_mm with ScalingType/SwizzleType; use api='torch._scaled_mm'"
         )
 
-    op_a, op_b = as_fp4_operand(a), as_fp4_operand(b)
     mat_b = op_b.data.t()  # [K/2, N] column-major: .t() swaps bytes, each byte keeps its two K elements
-    out_shape = (*a.shape[:-1], n)
+    out_shape = (*lead, n)
     two_level = api is ScaledMmApi.FUNCTIONAL and recipe is Fp4Recipe.NVFP4
     if two_level:
         scaling, swizzle = enums
@@ -442,3 +508,76 @@ def gemm_nt(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype) -> t
     device = a.codes.device if isinstance(a, QuantizedTensor) else getattr(a, "device", None)
     check_blackwell(device)
     return scaled_mm_args(a, b, out_dtype).execute()
+
+
+def gemm_operands(a: Fp4Operand, b: Fp4Operand, out_dtype: torch.dtype) -> torch.Tensor:
+    """``a [M, K] @ b [N, K]^T * alpha_a * alpha_b`` -> ``out_dtype [M, N]`` from operands in the hardware's form
+    (what the ``blackwell`` lowering multiplies). N that is not a multiple of 16 (the GEMM's limit) gets zero
+    rows appended to b's data (their blocked scales exist already: the layout pads rows to 128) and the
+    output is cut back. Raises :class:`BlackwellUnavailableError` off compute capability 10.x.
+    """
+    check_blackwell(a.data.device)
+    n = b.data.shape[0]
+    pad = (-n) % N_MULTIPLE
+    if pad:
+        data = torch.nn.functional.pad(b.data.view(torch.uint8), (0, 0, 0, pad)).view(torch.float4_e2m1fn_x2)
+        b = b._replace(data=data)
+    out = scaled_mm_args(a, b, out_dtype).execute()
+    return out[:, :n].contiguous() if pad else out
+
+
+# ----------------------------------------------------------------------------------------------
+# The probe: does this GPU's native FP4 GEMM compute what the reference does?
+# ----------------------------------------------------------------------------------------------
+
+_PROBES: dict[torch.device, str | None] = {}
+
+
+def _probe_operand(rows: int, k: int, recipe: Fp4Recipe, device: torch.device, gen: torch.Generator) -> QuantizedTensor:
+    """Random codes and scale bytes of moderate range (every E2M1 code, signs included)."""
+    group = MXFP4_GROUP if recipe is Fp4Recipe.MXFP4 else NVFP4_GROUP
+    codes = torch.randint(0, 256, (rows, k // 2), generator=gen, dtype=torch.uint8)
+    if recipe is Fp4Recipe.MXFP4:
+        scales = torch.randint(120, 134, (rows, k // group), generator=gen, dtype=torch.uint8)  # 2^-7 .. 2^6
+        fmt, tscale = ScaleFormat.E8M0, torch.ones(())
+    else:
+        scales = torch.randint(0x20, 0x60, (rows, k // group), generator=gen, dtype=torch.uint8)  # E4M3 2^-3 .. 2^4.9
+        fmt, tscale = ScaleFormat.E4M3, torch.tensor(0.375)
+    return QuantizedTensor(codes.to(device), scales.to(device), fmt, group, tscale.to(device))
+
+
+def native_gemm_problem(device: torch.device | str | None = None) -> str | None:
+    """Why this device cannot take the ``blackwell`` lowering, or None when it can: the capability and the torch
+    API are checked, then one small MXFP4 and one NVFP4 GEMM of random operands (M = 200, N = 144, K = 256) run
+    and are compared with :func:`fp4compile.reference.gemm.gemm_nt` (FP32 output; MXFP4's GEMM writes BF16, so
+    within 2^-7 of the largest output, NVFP4's within 1e-4). Cached per device: one probe per process.
+    """
+    from fp4compile.reference.gemm import gemm_nt as reference_gemm_nt
+
+    try:
+        check_blackwell(device)
+        _require_dtypes()
+    except (BlackwellUnavailableError, RuntimeError) as err:
+        return str(err)
+    cuda = _cuda_device(device)
+    if cuda not in _PROBES:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        with unset_fake_temporarily():  # kernel selection runs inside the compiler's fake mode: the probe needs real tensors
+            _PROBES[cuda] = _probe(cuda, reference_gemm_nt)
+    return _PROBES[cuda]
+
+
+def _probe(cuda: torch.device, reference_gemm_nt) -> str | None:
+    gen = torch.Generator().manual_seed(2026)
+    for recipe, tol in ((Fp4Recipe.MXFP4, 2**-7), (Fp4Recipe.NVFP4, 1e-4)):
+        a, b = _probe_operand(200, 256, recipe, cuda, gen), _probe_operand(144, 256, recipe, cuda, gen)
+        try:
+            got = gemm_nt(a, b, torch.float32)
+        except Exception as err:  # noqa: BLE001 (any failure of the native call is the answer: not usable here)
+            return f"the native {recipe.value} GEMM failed: {type(err).__name__}: {err}"
+        want = reference_gemm_nt(a, b, torch.float32)
+        err_max = float((got - want).abs().max()) / max(float(want.abs().max()), 1e-30)
+        if not err_max <= tol:
+            return f"the native {recipe.value} GEMM differs from the reference by {err_max:.2e} of its largest output (allowed {tol:.0e})"
+    return None

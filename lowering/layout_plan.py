@@ -9,6 +9,10 @@ its largest scale is known):
               backward (0.53 bytes/element) and what the reference lowering multiplies
     fp8       MXFP4 folded exactly into FP8 e4m3 [R, K] + one FP32 scale per row: Hopper's FP8 tensor cores
     bf16      NVFP4 ``q * s8`` as BF16 [R, K] (exact): Hopper's BF16 tensor cores
+    fp4       packed E2M1 codes [R, K/2] + the scale bytes in the 128x4 blocked layout: Blackwell's native
+              block-scaled FP4 GEMM (the ``blackwell`` target, lowering/blackwell.py; MXFP4 x MXFP4 in groups
+              of 32 or NVFP4 x NVFP4 in groups of 16, inner dimension padded to 32; other GEMMs of the recipe
+              keep the Hopper forms)
     high      not quantized (a recipe operand left in high precision)
 
 The six operands (``y = X W^T``, ``dX = E W``, ``dW = E^T X``), each along its GEMM's inner dimension:
@@ -18,8 +22,7 @@ The six operands (``y = X W^T``, ``dX = E W``, ``dW = E^T X``), each along its G
     grad_weight  E^T along T (E read transposed), X^T along T (from the saved Xq, or from X)
 
 Backward inner dimensions are zero-padded up to the quantizers' groups (exact); the forward's K must fit.
-Not planned here: Blackwell's native FP4 operands with 128x4 blocked scales (lowering/blackwell.py builds
-them; the backend does not select that target yet), and one launch serving a tensor along both axes. Session 11
+Not planned here: one launch serving a tensor along both axes. Session 11
 built the latter for Quartet's backward Xq^T / Wq^T (the forward's launch re-quantizing its own tile's values
 transposed, bit-exact against the backward's re-quantization) and dropped it as measured: on an H200 at 16384 x
 4096 the fused launch took 0.41-0.44 ms against 0.35 for the forward launch plus the backward's re-quantization
@@ -31,6 +34,7 @@ registers (168: 12 warps per SM).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -45,6 +49,7 @@ class Form(str, Enum):
     PACKED = "packed"
     FP8 = "fp8"
     BF16 = "bf16"
+    FP4 = "fp4"
     HIGH = "high"
 
 
@@ -84,8 +89,22 @@ def _kernel_rule(name: str | None) -> bool:
     return supports(get_quantizer(name))
 
 
+def _native_fp4(a: str | None, b: str | None) -> bool:
+    """Whether Blackwell's block-scaled GEMM takes this pair: both quantized by kernel rules, MXFP4 in groups of 32
+    or NVFP4 in groups of 16, one format for both (lowering/blackwell.py)."""
+    if not (_kernel_rule(a) and _kernel_rule(b)):
+        return False
+    kinds = {(get_quantizer(q).scale_format, get_quantizer(q).group_size) for q in (a, b)}
+    return kinds in ({(ScaleFormat.E8M0, 32)}, {(ScaleFormat.E4M3, 16)})
+
+
 def gemm_form(kernel: str, a: str | None, b: str | None, device: torch.device) -> Form:
-    """The form both operands of one GEMM take (``a``/``b`` quantizer names; None = high precision)."""
+    """The form both operands of one GEMM take (``a``/``b`` quantizer names; None = high precision). The ``blackwell``
+    target multiplies the pairs its native GEMM takes in FP4 and every other GEMM as ``triton`` does."""
+    if kernel == "blackwell":
+        if _native_fp4(a, b):
+            return Form.FP4
+        kernel = "triton"
     if kernel != "triton" or not (_kernel_rule(a) or _kernel_rule(b)):
         return Form.PACKED
     fmts = {get_quantizer(q).scale_format for q in (a, b) if q is not None}
@@ -96,6 +115,14 @@ def gemm_form(kernel: str, a: str | None, b: str | None, device: torch.device) -
     if fmts == {ScaleFormat.E4M3} and all(q is None or _kernel_rule(q) for q in (a, b)):
         return Form.BF16
     return Form.PACKED
+
+
+def _backward_multiple(inner: int, form: Form) -> int:
+    """What a backward GEMM's inner dimension is zero-padded to: its quantizers' groups and rotation, and 32 for the
+    native FP4 GEMM (K/2 bytes a multiple of 16)."""
+    from fp4compile.lowering.blackwell import K_MULTIPLE
+
+    return math.lcm(inner, K_MULTIPLE) if form is Form.FP4 else inner
 
 
 @functools.lru_cache(maxsize=256)
@@ -111,7 +138,7 @@ def _plan(recipe: Recipe, kernel: str, device: torch.device, needs_x: bool, need
     ]
     if gi.quantized or recipe.weight_for_backward is Source.QUANTIZED:
         f = gemm_form(kernel, gi.a, gi.b, device)
-        m = gi.inner_multiple()
+        m = _backward_multiple(gi.inner_multiple(), f)
         if gi.b is None and w_saved:  # the forward's Wq multiplied as it is (NVIDIA's recipe)
             w_src, w_form = "Wq (saved, reused)", Form.BF16 if f is Form.BF16 else Form.PACKED
         else:
@@ -122,7 +149,7 @@ def _plan(recipe: Recipe, kernel: str, device: torch.device, needs_x: bool, need
         ]
     if gw.quantized:
         f = gemm_form(kernel, gw.a, gw.b, device)
-        m = gw.inner_multiple()
+        m = _backward_multiple(gw.inner_multiple(), f)
         x_src = "Xq (saved, read transposed)" if x_saved else "X (read transposed)"
         plans += [
             OperandPlan("grad_weight", "grad_output", "E^T (E read transposed)", "T", gw.a, f if gw.a else Form.HIGH, False, m),

@@ -1,8 +1,15 @@
 """Kernel selection: which implementation runs each fp4compile op, with the reason.
 
 ``reference`` (plain PyTorch, any device) is always available. ``triton`` needs a CUDA GPU and Triton;
-``blackwell`` needs compute capability 10.x. A target this machine lacks is an error naming what is
-missing and what to use instead. ``auto`` picks the best target available for the site's device.
+``blackwell`` is ``triton``'s kernels with Blackwell's native block-scaled FP4 GEMM where the recipe's pair of
+quantizers allows it, and needs compute capability 10.x and a native GEMM that passes
+:func:`fp4compile.lowering.blackwell.native_gemm_problem`'s probe. A target this machine lacks is an error naming
+what is missing and what to use instead. ``auto`` picks the best target available for the site's device:
+``blackwell`` on a 10.x GPU whose probe passes, else ``triton`` on a CUDA GPU, else ``reference``.
+
+The ``blackwell`` target has not run on a Blackwell GPU (none was available to its authors): its quantize kernels
+are checked bit for bit under Triton's CPU interpreter and compiled for sm_100, its GEMM calls through torch's meta
+kernels and a plain-PyTorch twin; the probe is what checks the GEMM on the user's GPU before ``auto`` trusts it.
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ def check_target(target: KernelTarget) -> None:
     if target is KernelTarget.TRITON and not _has_triton():
         raise RuntimeError("options['kernels']='triton' needs the triton package (pip install triton); use 'auto' or 'reference'")
     if target is KernelTarget.BLACKWELL:
-        cap = ".".join(map(str, torch.cuda.get_device_capability()))
-        raise RuntimeError(
-            f"options['kernels']='blackwell': the native FP4 GEMM path (fp4compile.lowering.blackwell) is written but not yet "
-            f"selected by the backend, and it needs compute capability 10.x (this GPU is {cap}); use 'auto'"
-        )
+        if not _has_triton():
+            raise RuntimeError("options['kernels']='blackwell' needs the triton package for its quantize kernels (pip install triton); use 'auto' or 'reference'")
+        from fp4compile.lowering.blackwell import native_gemm_problem
+
+        if (problem := native_gemm_problem()) is not None:
+            raise RuntimeError(f"options['kernels']='blackwell' cannot run here: {problem}; use 'auto' (FP8/BF16 GEMMs on this GPU) or 'triton'")
 
 
 def _device(site) -> torch.device:
@@ -45,13 +53,27 @@ def select_kernel(options: Options, site) -> tuple[str, str]:
         return "reference", "kernels='reference'"
     device = _device(site)
     if options.kernels is KernelTarget.AUTO:
-        if device.type == "cuda" and _has_triton():
-            return "triton", "auto: CUDA + Triton: fused rotate-quantize kernels, FP8 (MXFP4) / BF16 (NVFP4) GEMMs" + _fallbacks(options, site)
-        return "reference", f"auto: {device.type} tensors run the plain-PyTorch reference"
+        kernel, reason = auto_target(device)
+        return kernel, reason + (_fallbacks(options, site) if kernel != "reference" else "")
     check_target(options.kernels)
     if device.type != "cuda":
         raise RuntimeError(f"options['kernels']={options.kernels.value!r} but module {site.name!r} runs on {device.type}; move it to the GPU or use 'auto'")
     return options.kernels.value, f"kernels={options.kernels.value!r}" + _fallbacks(options, site)
+
+
+def auto_target(device: torch.device) -> tuple[str, str]:
+    """``kernels='auto'``'s (target, reason) for tensors on ``device``."""
+    if device.type != "cuda" or not _has_triton():
+        why = "this machine has no triton package" if device.type == "cuda" else f"{device.type} tensors"
+        return "reference", f"auto: {why}: the plain-PyTorch reference"
+    from fp4compile.lowering.blackwell import BLACKWELL_MAJOR, native_gemm_problem
+
+    if torch.cuda.get_device_capability(device)[0] == BLACKWELL_MAJOR:
+        if (problem := native_gemm_problem(device)) is None:
+            return "blackwell", ("auto: compute capability 10.x, whose native FP4 GEMM passed the probe: fused rotate-quantize kernels, "
+                                 "block-scaled FP4 GEMMs (not yet run on a Blackwell GPU by fp4compile's authors)")
+        return "triton", f"auto: the native FP4 GEMM is not usable ({problem}): fused rotate-quantize kernels, FP8 / BF16 GEMMs"
+    return "triton", "auto: CUDA + Triton: fused rotate-quantize kernels, FP8 (MXFP4) / BF16 (NVFP4) GEMMs"
 
 
 def _fallbacks(options: Options, site) -> str:
@@ -73,7 +95,7 @@ def cudagraph_blocker(options: Options, sites) -> str | None:
     for site in sites:
         if not site.quantized:
             continue
-        if site.kernel != "triton":
+        if site.kernel not in ("triton", "blackwell"):
             return f"{site.name!r} ({site.role.value}) runs the {site.kernel or 'reference'} kernels, which read seeds on the host"
         if missing := _fallbacks(options, site):
             return f"{site.name!r} ({site.role.value}): {missing.lstrip('; ')}, which reads seeds on the host"

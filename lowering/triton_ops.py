@@ -1,11 +1,13 @@
-"""The ``triton`` lowering of the fp4compile ops: fused rotate-quantize kernels + Hopper GEMMs.
+"""The ``triton`` and ``blackwell`` lowerings of the fp4compile ops: fused rotate-quantize kernels + Hopper or native FP4 GEMMs.
 
 Same contract and same arithmetic as the reference executor (``fp4compile.reference.linear``), op by op,
 with every operand written in the form the layout plan chose for its GEMM (lowering/layout_plan.py):
 
     quantize      X or W [R, K] along K: one kernel launch writes the packed form (saved for the backward)
                   and the GEMM-ready values (MXFP4: folded FP8 + row scales; NVFP4: exact BF16)
-    output_gemm   row-wise scaled FP8 GEMM (cuBLAS) or BF16 GEMM with FP32 accumulation, then alpha + cast
+    output_gemm   row-wise scaled FP8 GEMM (cuBLAS) or BF16 GEMM with FP32 accumulation, then alpha + cast; on
+                  the ``blackwell`` target, Blackwell's block-scaled FP4 GEMM where the plan's form is ``fp4``
+                  (codes + 128x4 blocked scales, written by the same quantize launch; lowering/blackwell.py)
     grad_input    E [T, N] along N and W^T along N (from the packed forward W read transposed, or from W),
                   each straight into its GEMM form; GEMM; one epilogue pass: alpha, mask, inverse rotation, cast
     grad_weight   E^T along T and X^T along T, both read transposed by the kernel; GEMM; the same epilogue
@@ -28,6 +30,7 @@ from fp4compile.kernels.epilogue import mask_rotate_cast, supports_width
 from fp4compile.kernels.quantize import quantize as kernel_quantize
 from fp4compile.kernels.quantize import quantize_for_gemm, supports
 from fp4compile.kernels.rotate_quantize import PreparedRotation, device_rotation, prepare_rotation
+from fp4compile.lowering.blackwell import Fp4Operand, gemm_operands
 from fp4compile.lowering.hopper_gemm import block_values_bf16, gemm_accumulate
 from fp4compile.lowering.layout_plan import Form, OperandPlan, operand, plan_linear
 from fp4compile.quantized import QuantizedTensor
@@ -49,7 +52,7 @@ def _operand(src, plan: OperandPlan, rotation: Rotation, m: PreparedRotation | N
     """
     q = None if plan.quantizer is None else get_quantizer(plan.quantizer)
     if q is not None and supports(q):
-        if plan.form in (Form.FP8, Form.BF16):
+        if plan.form in (Form.FP8, Form.BF16, Form.FP4):
             values, _, _ = quantize_for_gemm(src, q, m, seed, form=plan.form.value, transpose=transpose, pad_to=plan.pad_to)
             return values
         out, _ = kernel_quantize(src, q, m, seed, transpose=transpose, pad_to=plan.pad_to)
@@ -61,11 +64,12 @@ def _operand(src, plan: OperandPlan, rotation: Rotation, m: PreparedRotation | N
     return rotated if q is None else q.quantize(rotated, host_seed(seed))
 
 
-def _plans(recipe: Recipe, device: torch.device) -> tuple[OperandPlan, ...]:
-    return plan_linear(recipe, "triton", device)
+def _plans(recipe: Recipe, kernel: str, device: torch.device) -> tuple[OperandPlan, ...]:
+    return plan_linear(recipe, kernel, device)
 
 
-def quantize(t: torch.Tensor, recipe: Recipe, operand_name: str, seed: Seed, form: str):
+def quantize(t: torch.Tensor, recipe: Recipe, operand_name: str, seed: Seed, form: str, kernel: str = "triton"):
+    """The forward's X or W: the op's six outputs (``ops.quantize``). ``kernel`` names the target (its plan chose ``form``)."""
     spec = recipe.output
     name = spec.a if operand_name == "input" else spec.b
     q = get_quantizer(name)
@@ -82,13 +86,24 @@ def quantize(t: torch.Tensor, recipe: Recipe, operand_name: str, seed: Seed, for
         out, mask = kernel_quantize(t, q, m, q_seed)
         return out.codes, out.scales, out.tensor_scale.reshape(()).float(), (mask if mask is not None else empty()), empty(), empty()
     values, out, mask = quantize_for_gemm(t, q, m, q_seed, form=form, keep_packed=True)
-    row_scale = values.row_scale if values.row_scale is not None else empty()
-    return out.codes, out.scales, out.tensor_scale.reshape(()).float(), (mask if mask is not None else empty()), values.values, row_scale
+    if isinstance(values, Fp4Operand):  # the codes are out.codes already: the blocked scale bytes are what is new
+        gemm_values, row_scale = values.scales_blocked.view(torch.uint8), empty()
+    else:
+        gemm_values, row_scale = values.values, (values.row_scale if values.row_scale is not None else empty())
+    return out.codes, out.scales, out.tensor_scale.reshape(()).float(), (mask if mask is not None else empty()), gemm_values, row_scale
 
 
-def output_gemm(xq: Operand, wq: Operand, out_dtype: torch.dtype) -> torch.Tensor:
+def _accumulate(a, b, out_dtype: torch.dtype = torch.float32):
+    """``a @ b^T`` and the alpha still to apply: Blackwell's native FP4 GEMM for two Fp4Operands (alpha applied,
+    ``out_dtype`` written), else the Hopper GEMMs (``hopper_gemm.gemm_accumulate``)."""
+    if isinstance(a, Fp4Operand) and isinstance(b, Fp4Operand):
+        return gemm_operands(a, b, out_dtype), None
+    return gemm_accumulate(a, b, fp8_out_dtype=out_dtype)
+
+
+def output_gemm(xq, wq, out_dtype: torch.dtype) -> torch.Tensor:
     # === GEMM 1: y = Xq @ Wq^T   [T,K] @ [K,N] -> [T,N]
-    acc, alpha = gemm_accumulate(xq, wq, fp8_out_dtype=out_dtype)
+    acc, alpha = _accumulate(xq, wq, out_dtype)
     return _epilogue(acc, alpha, None, None, out_dtype)
 
 
@@ -124,9 +139,9 @@ def _finish(acc: torch.Tensor, alpha, mask_bits: torch.Tensor | None, k: int, re
     return _epilogue(acc, alpha, mask, inverse, out_dtype)
 
 
-def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: Recipe, seed: Seed, out_dtype) -> torch.Tensor:
+def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: Recipe, seed: Seed, out_dtype, kernel: str = "triton") -> torch.Tensor:
     spec = recipe.grad_input
-    plans = _plans(recipe, grad.device)
+    plans = _plans(recipe, kernel, grad.device)
     pe, pw = operand(plans, "grad_input", "grad_output"), operand(plans, "grad_input", "weight")
     rseed = ref.rotation_seed(seed, "backward")
     m = prepare_rotation(spec.rotation, rseed, grad.device)  # one draw for both operands
@@ -137,20 +152,20 @@ def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: R
         w_t = block_values_bf16(wq).t()  # [K, N]
         pad = (-w_t.shape[1]) % pw.pad_to
         w_t = torch.nn.functional.pad(w_t, (0, pad)) if pad else w_t
-        acc, alpha = gemm_accumulate(e_q, w_t)
+        acc, alpha = _accumulate(e_q, w_t)
         return _finish(acc, wq.alpha if alpha is None else alpha * wq.alpha, x_mask, k, recipe, seed, out_dtype)
     w_seed = sub_seed(seed, "grad_input", "weight")
     if recipe.weight_for_backward is Source.QUANTIZED and wq is not None:
         w_q = _operand(wq, pw, spec.rotation, m, rseed, w_seed)  # packed [N, K], read transposed as W^T [K, N]
     else:
         w_q = _operand(w_hp, pw, spec.rotation, m, rseed, w_seed, transpose=True)
-    acc, alpha = gemm_accumulate(e_q, w_q)
+    acc, alpha = _accumulate(e_q, w_q)
     return _finish(acc, alpha, x_mask, k, recipe, seed, out_dtype)
 
 
-def grad_weight(grad, xq: QuantizedTensor | None, x_hp, w_mask, k: int, recipe: Recipe, seed: Seed, out_dtype) -> torch.Tensor:
+def grad_weight(grad, xq: QuantizedTensor | None, x_hp, w_mask, k: int, recipe: Recipe, seed: Seed, out_dtype, kernel: str = "triton") -> torch.Tensor:
     spec = recipe.grad_weight
-    plans = _plans(recipe, grad.device)
+    plans = _plans(recipe, kernel, grad.device)
     pe, px = operand(plans, "grad_weight", "grad_output"), operand(plans, "grad_weight", "input")
     rseed = ref.rotation_seed(seed, "backward")
     m = prepare_rotation(spec.rotation, rseed, grad.device)  # one draw for both operands
@@ -161,5 +176,5 @@ def grad_weight(grad, xq: QuantizedTensor | None, x_hp, w_mask, k: int, recipe: 
         x_q = _operand(xq, px, spec.rotation, m, rseed, x_seed)
     else:
         x_q = _operand(x_hp, px, spec.rotation, m, rseed, x_seed, transpose=True)
-    acc, alpha = gemm_accumulate(e_q, x_q)
+    acc, alpha = _accumulate(e_q, x_q)
     return _finish(acc, alpha, w_mask, k, recipe, seed, out_dtype)

@@ -213,27 +213,6 @@ def test_torch_meta_kernel_rejects_a_wrong_scale_size():
         short.execute()
 
 
-def _emulate(call: bw.ScaledMmCall) -> torch.Tensor:
-    """What cuBLASLt computes from the call's arguments: decode low nibble first, unblock the 128x4 scales
-    of each operand, multiply the TensorWise scales in, accumulate in FP32, then the call's alpha."""
-    m, n, k = call.mnk
-    group = 32 if call.recipe is bw.Fp4Recipe.MXFP4 else 16
-
-    def values(data_rows: torch.Tensor, scales: tuple[torch.Tensor, ...], rows: int) -> torch.Tensor:
-        elems = formats.e2m1_decode(formats.unpack_e2m1(data_rows.view(torch.uint8)))  # [rows, K]
-        block = formats.from_blocked(scales[0].view(torch.uint8), rows, k // group)
-        decode = formats.e8m0_decode if scales[0].dtype == torch.float8_e8m0fnu else formats.e4m3_decode
-        v = elems * decode(block).repeat_interleave(group, dim=-1)
-        return v * scales[1] if len(scales) > 1 else v  # TensorWise global scale
-
-    a_val = values(call.mat_a, call.scale_a, m)
-    b_val = values(call.mat_b.t(), call.scale_b, n)  # mat_b [K/2, N] column-major -> b's rows [N, K/2]
-    out = (a_val @ b_val.t()).to(call.gemm_dtype)  # what the GEMM writes
-    if call.alpha is not None:
-        out = out.float() * call.alpha
-    return out.to(call.out_dtype).reshape(call.out_shape)
-
-
 @pytest.mark.parametrize("recipe", list(RECIPES))
 @pytest.mark.parametrize("m,k", SHAPES)
 def test_call_semantics_reproduce_the_reference(recipe, m, k):
@@ -243,7 +222,7 @@ def test_call_semantics_reproduce_the_reference(recipe, m, k):
     for api in _apis(recipe):
         call = bw.scaled_mm_args(a, b, torch.float32, api=api)
         tol = 1e-5 if call.gemm_dtype == torch.float32 else 2**-8  # MXFP4 via F.scaled_mm: BF16 accumulator output
-        torch.testing.assert_close(_emulate(call), ref, rtol=tol, atol=tol * ref.abs().max().item())
+        torch.testing.assert_close(call.emulate(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
 # ----------------------------------------------------------------------------------------------

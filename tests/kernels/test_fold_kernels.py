@@ -206,4 +206,4 @@ def test_quantize_for_gemm_rejects_a_form_of_the_other_format():
     with pytest.raises(ValueError, match="e8m0"):
         quantize_for_gemm(torch.randn(32, 64, device=DEV), f4.get_quantizer("nvfp4_rtn"), None, 0, form="fp8")
     with pytest.raises(ValueError, match="form must be"):
-        quantize_for_gemm(torch.randn(32, 64, device=DEV), f4.get_quantizer("nvfp4_rtn"), None, 0, form="fp4")
+        quantize_for_gemm(torch.randn(32, 64, device=DEV), f4.get_quantizer("nvfp4_rtn"), None, 0, form="fp6")
