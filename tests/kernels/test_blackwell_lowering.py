@@ -27,7 +27,7 @@ from fp4compile.lowering import blackwell as bw
 from fp4compile.lowering.layout_plan import Form, plan_linear
 from fp4compile.quantizers import get_quantizer
 from fp4compile.rotations import parse_rotation
-from tests.conftest import kernel_device, requires_triton, sqnr_db
+from tests.conftest import kernel_device, requires_triton, run_linear_ops, sqnr_db
 
 DEV = kernel_device()
 
@@ -142,25 +142,14 @@ FLOORS = {"quartet": 30, "quartet2": 8, "nvidia": 8, "mxfp4-rtn": 30}
 @requires_triton
 @pytest.mark.parametrize("recipe", list(FLOORS))
 def test_blackwell_ops_match_reference_ops(recipe, emulated_blackwell):
-    ops = torch.ops.fp4compile
     torch.manual_seed(1)
     t, k, n = 96, 128, 40  # N = 40: the output GEMM pads b's rows to 48; T and N padded in the backward
     x, w, e = torch.randn(t, k, device=DEV), torch.randn(n, k, device=DEV) / k**0.5, torch.randn(t, n, device=DEV)
     seed = torch.tensor(77, dtype=torch.int64)
     forms = {p.operand: p.form.value for p in plan_linear(get_recipe(recipe), "blackwell", DEV) if p.gemm == "output"}
     assert forms == {"input": "fp4", "weight": "fp4"}
-    out = {}
-    for kernel, form in (("reference", "packed"), ("blackwell", "fp4")):
-        xq = ops.quantize(x, recipe, "input", seed, 0, kernel, form)
-        wq = ops.quantize(w, recipe, "weight", seed, 0, kernel, form)
-        values = (xq[4], xq[5], wq[4], wq[5]) if form == "fp4" else ()
-        y = ops.output_gemm(*xq[:3], *wq[:3], recipe, torch.float32, kernel, *values)
-        x_mask = xq[3] if xq[3].numel() else None
-        w_mask = wq[3] if wq[3].numel() else None
-        dx = ops.grad_input(e, *wq[:3], w, x_mask, k, recipe, seed, torch.float32, kernel)
-        dw = ops.grad_weight(e, *xq[:3], x, w_mask, k, recipe, seed, torch.float32, kernel)
-        out[kernel] = (xq, wq, y, dx, dw)
-    (xq_r, wq_r, y_r, dx_r, dw_r), (xq_b, wq_b, y_b, dx_b, dw_b) = out["reference"], out["blackwell"]
+    xq_r, wq_r, y_r, dx_r, dw_r = run_linear_ops(x, w, e, recipe, seed, "reference", "packed", "packed")
+    xq_b, wq_b, y_b, dx_b, dw_b = run_linear_ops(x, w, e, recipe, seed, "blackwell", "fp4", "fp4")
     for a, b in zip(xq_r[:4] + wq_r[:4], xq_b[:4] + wq_b[:4], strict=True):  # the packed outputs, saved for the backward
         assert torch.equal(a.cpu().reshape(-1), b.cpu().reshape(-1))
     assert torch.equal(xq_b[4].cpu(), formats.to_blocked(xq_r[1].cpu()))  # the blocked scales the GEMM read
@@ -224,3 +213,16 @@ def test_probe_reports_a_failing_or_wrong_gemm(monkeypatch, emulated_blackwell):
 
     monkeypatch.setattr(bw, "gemm_nt", broken)
     assert bw._probe(cpu, reference_gemm_nt) == "the native mxfp4 GEMM failed: RuntimeError: CUBLAS_STATUS_NOT_SUPPORTED"
+
+
+def test_explicit_blackwell_target_names_the_probe_reason(monkeypatch):
+    from fp4compile.lowering import select
+    from fp4compile.options import KernelTarget
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(select, "_has_triton", lambda: True)
+    monkeypatch.setattr(bw, "native_gemm_problem", lambda device=None: "cuda:0 is NVIDIA H200 with compute capability 9.0")
+    with pytest.raises(RuntimeError, match=r"'blackwell' cannot run here: cuda:0 is NVIDIA H200 with compute capability 9\.0; use 'auto'"):
+        select.check_target(KernelTarget.BLACKWELL)
+    monkeypatch.setattr(bw, "native_gemm_problem", lambda device=None: None)
+    select.check_target(KernelTarget.BLACKWELL)  # a 10.x GPU whose probe passed

@@ -17,7 +17,7 @@ import torch
 import fp4compile  # noqa: F401  (registers torch.ops.fp4compile)
 from fp4compile.config import get_recipe
 from fp4compile.lowering.layout_plan import plan_linear
-from tests.conftest import kernel_device, requires_triton, sqnr_db
+from tests.conftest import kernel_device, requires_triton, run_linear_ops, sqnr_db
 
 pytestmark = requires_triton
 DEV = kernel_device()
@@ -26,27 +26,15 @@ FLOORS = {"quartet": 30, "quartet-sr": 8, "quartet2": 8, "nvidia": 8, "mxfp4-rtn
 
 @pytest.mark.parametrize("recipe", list(FLOORS))
 def test_triton_ops_match_reference_ops(recipe):
-    ops = torch.ops.fp4compile
     torch.manual_seed(0)
     t, k, n = 96, 128, 64  # T not a multiple of 128: the backward pads it
     x = torch.randn(t, k, device=DEV)
     w = torch.randn(n, k, device=DEV) / k**0.5
     e = torch.randn(t, n, device=DEV)
     seed = torch.tensor(77, dtype=torch.int64)
-    out = {}
     forms = {p.operand: p.form.value for p in plan_linear(get_recipe(recipe), "triton", DEV) if p.gemm == "output"}
-    for kernel in ("reference", "triton"):
-        x_form, w_form = (forms["input"], forms["weight"]) if kernel == "triton" else ("packed", "packed")
-        xq = ops.quantize(x, recipe, "input", seed, 0, kernel, x_form)
-        wq = ops.quantize(w, recipe, "weight", seed, 0, kernel, w_form)
-        values = (xq[4], xq[5], wq[4], wq[5]) if x_form == w_form != "packed" else ()
-        y = ops.output_gemm(*xq[:3], *wq[:3], recipe, torch.float32, kernel, *values)
-        x_mask = xq[3] if xq[3].numel() else None
-        w_mask = wq[3] if wq[3].numel() else None
-        dx = ops.grad_input(e, *wq[:3], w, x_mask, k, recipe, seed, torch.float32, kernel)
-        dw = ops.grad_weight(e, *xq[:3], x, w_mask, k, recipe, seed, torch.float32, kernel)
-        out[kernel] = (xq, wq, y, dx, dw)
-    (xq_r, wq_r, y_r, dx_r, dw_r), (xq_t, wq_t, y_t, dx_t, dw_t) = out["reference"], out["triton"]
+    xq_r, wq_r, y_r, dx_r, dw_r = run_linear_ops(x, w, e, recipe, seed, "reference", "packed", "packed")
+    xq_t, wq_t, y_t, dx_t, dw_t = run_linear_ops(x, w, e, recipe, seed, "triton", forms["input"], forms["weight"])
     print(recipe, "forward forms", forms)
     for a, b in zip(xq_r[:4] + wq_r[:4], xq_t[:4] + wq_t[:4], strict=True):  # the packed outputs
         assert torch.equal(a.cpu().reshape(-1), b.cpu().reshape(-1))
