@@ -65,11 +65,13 @@ def _float8(kind: str, whole: bool):
     return make
 
 
-def configs(recipes: list[str], float8: list[str], device: str, whole: bool = False, cudagraphs: bool = False) -> list[tuple[str, object]]:
+def configs(recipes: list[str], float8: list[str], device: str, whole: bool = False, cudagraphs: bool = False,
+            unfused: bool = False) -> list[tuple[str, object]]:
     """(name, maker) per config, BF16 first; a maker turns the model into the callable to train (None: n/a).
 
     With ``cudagraphs`` the fp4compile rows replay CUDA graphs, and BF16 is measured both ways
-    (Inductor's ``mode="reduce-overhead"`` is its CUDA-graph setting)."""
+    (Inductor's ``mode="reduce-overhead"`` is its CUDA-graph setting). With ``unfused`` each recipe is also
+    measured with ``fuse_linears=False`` (q/k/v and gate/up as separate layers)."""
     rows: list[tuple[str, object]] = [("bf16 inductor", lambda model: _per_block(model, torch.compile, whole))]
     if cudagraphs:
         graphed = functools.partial(torch.compile, mode="reduce-overhead")
@@ -77,8 +79,10 @@ def configs(recipes: list[str], float8: list[str], device: str, whole: bool = Fa
     for kind in float8:
         rows.append((f"torchao float8 {kind}", _float8(kind, whole) if device == "cuda" else None))
     for r in recipes:
-        quartet = functools.partial(torch.compile, backend="quartet", options={"recipe": r, "cudagraphs": cudagraphs})
-        rows.append((f"fp4compile {r}" + (" cudagraphs" if cudagraphs else ""), lambda model, q=quartet: _per_block(model, q, whole)))
+        for fuse in ("auto", False) if unfused else ("auto",):
+            quartet = functools.partial(torch.compile, backend="quartet", options={"recipe": r, "cudagraphs": cudagraphs, "fuse_linears": fuse})
+            name = f"fp4compile {r}" + (" unfused" if fuse is False else "") + (" cudagraphs" if cudagraphs else "")
+            rows.append((name, lambda model, q=quartet: _per_block(model, q, whole)))
     return rows
 
 
@@ -116,7 +120,7 @@ def measure(make, args) -> tuple[float, int | None, int | None]:
 
 def run_all(args) -> list[dict]:
     results = []
-    for name, make in configs(args.recipes, args.float8, args.device, args.whole_model, args.cudagraphs):
+    for name, make in configs(args.recipes, args.float8, args.device, args.whole_model, args.cudagraphs, args.unfused):
         row = {"config": name, "tokens_per_s": None, "peak_bytes": None, "reserved_bytes": None, "status": "ok"}
         if make is None:
             row["status"] = "n/a"
@@ -174,6 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     p.add_argument("--cudagraphs", action="store_true", help="fp4compile rows replay CUDA graphs; adds a BF16 row with CUDA graphs")
     p.add_argument("--whole-model", action="store_true", help="compile the whole model, not each block (slow to compile at 1B)")
+    p.add_argument("--unfused", action="store_true", help="also each recipe with fuse_linears=False (q/k/v, gate/up as separate layers)")
     args = p.parse_args(argv)
     args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     args.float8 = [r.strip() for r in args.float8.split(",") if r.strip()]

@@ -79,6 +79,10 @@ def kernel_table(step, steps: int, top: int) -> float:
     for kind, (n, ms) in sorted(by_kind.items(), key=lambda kv: -kv[1][1]):
         print(f"| {kind} | {n:g} | {ms:.3f} | {ms / total:.0%} |")
     print_top_kernels(kernels, steps, top)
+    others = {name: times for name, times in kernels.items() if kind_of(name) == "other"}
+    if others:  # many small launches: which ones
+        print("kernels of kind 'other' (small launches each):")
+        print_top_kernels(others, steps, 12)
     return total
 
 

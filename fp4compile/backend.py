@@ -3,7 +3,9 @@
 ``torch.compile(model, backend="quartet", options={...})`` finds this function through the
 ``torch_dynamo_backends`` entry point. For each graph Dynamo captures it:
 
-1. parses the options (errors list the valid ones) and checks the kernel target exists here;
+1. parses the options (errors list the valid ones) and checks the kernel target exists here; fuses the
+   linear layers that share an input into one (``passes/fuse_linears.py``, on Dynamo's graph, so that
+   autograd derives the fused backward);
 2. hands the graph to Inductor's ``compile_fx`` with our pass pipeline in the ``joint_custom_pre_pass``
    slot: AOTAutograd builds the joint forward+backward graph (or the forward-only graph under
    ``no_grad``), the pipeline rewrites the linear layers' GEMMs into fp4compile ops, the min-cut
@@ -35,6 +37,7 @@ import torch.fx as fx
 from fp4compile.lowering.select import check_target, cudagraph_blocker
 from fp4compile.options import Options, parse_options
 from fp4compile.passes.context import PassContext, placeholder_param_names
+from fp4compile.passes.fuse_linears import FusedLinear, fuse_parallel_linears
 from fp4compile.passes.pipeline import pipeline_key, run_pipeline
 from fp4compile.passes.site import MatmulSite, hinted_nbytes
 
@@ -64,6 +67,7 @@ class GraphRecord:
     graphs: dict[str, fx.GraphModule] = field(default_factory=dict)
     saved: list[SavedTensor] = field(default_factory=list)
     cudagraphs: str = ""  # with options['cudagraphs']: "on", or "off: <why>" (explain() prints it)
+    fused: list[FusedLinear] = field(default_factory=list)  # linear layers that share an input, made one (passes/fuse_linears.py)
 
     def saved_activation_bytes(self) -> int:
         return sum(s.nbytes for s in self.saved if not s.is_parameter)
@@ -143,6 +147,7 @@ def quartet_backend(gm: fx.GraphModule, example_inputs, options: dict | None = N
     state = next(_STATES)
     record = GraphRecord(state=state, options=opts)
     dynamo_params = _dynamo_param_names(gm)
+    record.fused = fuse_parallel_linears(gm, dynamo_params, opts)  # before autograd: it derives the fused backward
     param_placeholders: set[str] = set()
 
     def joint_pass(joint: fx.GraphModule) -> None:

@@ -22,6 +22,7 @@ import torch
 import torch.fx as fx
 
 from fp4compile.backend import GraphRecord, quartet_backend, recording
+from fp4compile.passes.fuse_linears import describe as describe_fusions
 from fp4compile.passes.site import MatmulSite, Role, is_fp4_node
 
 
@@ -133,6 +134,10 @@ class Report:
         parts.append(saved)
         for key, ratio in self.input_ratios().items():
             parts.append(f"  input of {key}: the backward reads {ratio:.3f}x of its BF16 size")
+        fused = [line for r in self.records for line in describe_fusions(r.fused)]
+        if fused:
+            parts.append("fused linear layers (option fuse_linears):")
+            parts += [f"  {line}" for line in fused]
         for plans, keys in self.layout().items():
             parts.append(f"layout plan ({len(keys)} linear{'s' if len(keys) > 1 else ''}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}):")
             parts += [f"  {p.describe()}" for p in plans]

@@ -21,6 +21,12 @@ class KernelTarget(str, Enum):
     BLACKWELL = "blackwell"  # native block-scaled FP4 GEMMs, compute capability 10.x
 
 
+class FuseLinears(str, Enum):
+    AUTO = "auto"  # fuse linears sharing an input where the fused layer quantizes the same groups (passes/fuse_linears.py)
+    ALWAYS = "always"  # fuse every such group (NVFP4's tensor scales then span the fused weight and gradient)
+    NEVER = "never"
+
+
 class BadShape(str, Enum):
     SKIP = "skip"  # keep the layer in high precision and say why in explain() (and a warning)
     ERROR = "error"  # stop compiling with an error naming the module and the dimension
@@ -37,10 +43,12 @@ class Options:
     debug: bool = False
     dump_dir: str | None = None
     cudagraphs: bool = False
+    fuse_linears: FuseLinears = FuseLinears.AUTO
 
     def key(self) -> str:
         """A stable text of every option, for cache keys."""
-        return repr((self.recipe, self.skip, self.kernels.value, self.seed, self.inductor, self.bad_shapes.value, self.debug, self.cudagraphs))
+        return repr((self.recipe, self.skip, self.kernels.value, self.seed, self.inductor, self.bad_shapes.value, self.debug, self.cudagraphs,
+                     self.fuse_linears.value))
 
 
 _HELP = {
@@ -54,6 +62,8 @@ _HELP = {
     "dump_dir": "write graphs, the site table and a drawing of each compiled graph to this folder",
     "cudagraphs": "replay each compiled graph as a CUDA graph (Inductor's cudagraph trees; default False): removes the "
     "host's launch overhead; needs CUDA and the triton kernels, and is turned off with a warning where they are not",
+    "fuse_linears": "'auto' (default: linear layers sharing an input, e.g. q/k/v, become one where that quantizes the same "
+    "groups: MXFP4 recipes), True (every such group), False (none)",
 }
 
 
@@ -94,6 +104,14 @@ def parse_options(options: Mapping | None) -> Options:
             if not isinstance(value, bool):
                 raise TypeError(f"option {name!r} takes True or False, got {value!r}")
             kwargs[name] = value
+    if "fuse_linears" in options:
+        value = options.pop("fuse_linears")
+        if isinstance(value, bool):
+            kwargs["fuse_linears"] = FuseLinears.ALWAYS if value else FuseLinears.NEVER
+        elif isinstance(value, str) and value in {e.value for e in FuseLinears}:
+            kwargs["fuse_linears"] = FuseLinears(value)
+        else:
+            raise ValueError(f"option 'fuse_linears' takes 'auto', True or False ('always' / 'never'), got {value!r}")
     if "dump_dir" in options:
         value = options.pop("dump_dir")
         kwargs["dump_dir"] = None if value is None else str(value)

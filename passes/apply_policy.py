@@ -35,7 +35,7 @@ def _forward_reason(site: MatmulSite, ctx: PassContext, tied: set[str]) -> str:
         return "multiplies two activations, not a linear layer"
     if not recipe.quantized:
         return f"recipe {recipe.name!r} keeps every GEMM in high precision"
-    for name in (site.module, site.weight.rpartition(".")[0]):
+    for name in (site.module, *(w.rpartition(".")[0] for w in site.weight.split("+"))):  # "+": a fused linear's weights
         reason = skip_reason(name, ctx.options.skip)
         if reason:
             return reason

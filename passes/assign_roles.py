@@ -31,6 +31,16 @@ def source(node: fx.Node) -> fx.Node:
     return node
 
 
+def _fused_weight(node: fx.Node, ctx: PassContext) -> list[str] | None:
+    """The parameter FQNs of a fused linear's weight ``cat([W_1, ..., W_n])`` along dim 0, or None."""
+    if node.op != "call_function" or node.target != aten.cat.default or (len(node.args) > 1 and node.args[1] != 0):
+        return None
+    parts = [source(p) for p in node.args[0]]
+    if not all(isinstance(p, fx.Node) and p.op == "placeholder" and p.name in ctx.param_names for p in parts):
+        return None
+    return [ctx.param_names[p.name] for p in parts]
+
+
 def _operands(node: fx.Node) -> tuple[fx.Node | None, fx.Node, fx.Node]:
     if node.target == aten.addmm.default:
         return node.args[0], node.args[1], node.args[2]
@@ -49,6 +59,8 @@ def assign_roles(gm: fx.GraphModule, ctx: PassContext) -> None:
             src = source(b)
             if src.op == "placeholder" and src.name in ctx.param_names:
                 site.weight_node, site.weight = src, ctx.param_names[src.name]
+            elif (names := _fused_weight(src, ctx)) is not None:  # linears fused before autograd (passes/fuse_linears.py)
+                site.weight_node, site.weight = src, "+".join(names)
         base = site.module or (site.weight.rpartition(".")[0] if site.weight else "") or f"<gemm:{site.node.name}>"
         k = occurrences.get(base, 0)
         occurrences[base] = k + 1

@@ -149,6 +149,8 @@ def test_train_benchmark_table():
         "bf16 inductor", "torchao float8 rowwise", "fp4compile quartet", "fp4compile nvidia"]
     assert [name for name, _ in bench_train.configs(["quartet"], [], "cuda", cudagraphs=True)] == [
         "bf16 inductor", "bf16 inductor cudagraphs", "fp4compile quartet cudagraphs"]
+    assert [name for name, _ in bench_train.configs(["quartet"], [], "cuda", unfused=True)] == [
+        "bf16 inductor", "fp4compile quartet", "fp4compile quartet unfused"]
     rows = [{"config": "bf16 inductor", "tokens_per_s": 1000.0, "peak_bytes": 8 << 30, "reserved_bytes": 10 << 30, "status": "ok"},
             {"config": "torchao float8 rowwise", "tokens_per_s": None, "peak_bytes": None, "reserved_bytes": None, "status": "n/a"},
             {"config": "fp4compile quartet", "tokens_per_s": 1500.0, "peak_bytes": 6 << 30, "reserved_bytes": 5 << 30, "status": "ok"},

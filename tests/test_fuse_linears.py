@@ -1,0 +1,108 @@
+"""Claims about fusing linear layers that share an input (passes/fuse_linears.py), on the CPU reference path:
+
+* Under a deterministic MXFP4 recipe (``mxfp4-rtn``) the fused model computes what the separate layers do: the
+  output, dX and every parameter's gradient (biases and an odd-sized k included) within FP32 summation order.
+* Under ``quartet`` the forward is unchanged and the gradients carry the same quantization error against FP32
+  autograd (other random rotations: statistically, not bit for bit).
+* ``fuse_linears="auto"`` fuses MXFP4 recipes, not NVFP4 ones (their tensor scales would span the fused layer);
+  False fuses nothing; a ``skip`` glob keeps that layer out of the fusion; explain() names the fused layer.
+* The pass is idempotent, and a bad option value is an error naming the valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fp4compile
+from fp4compile.backend import _dynamo_param_names, recording
+from fp4compile.options import parse_options
+from fp4compile.passes.fuse_linears import fuse_parallel_linears
+
+
+class Block(nn.Module):
+    """q/k/v read one input (k narrower, all with biases), o reads another."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(64, 64), nn.Linear(64, 32), nn.Linear(64, 64)
+        self.o = nn.Linear(64, 64, bias=False)
+
+    def forward(self, x):
+        return self.o(torch.tanh(self.q(x)) * self.k(x).repeat(1, 1, 2) + self.v(x))
+
+
+def _run(model, x, **options):
+    torch._dynamo.reset()
+    m, xx = copy.deepcopy(model), x.clone().requires_grad_()
+    with recording() as records:
+        y = torch.compile(m, backend="quartet", options=options)(xx)
+        y.square().sum().backward()
+    return y.detach(), xx.grad, {n: p.grad for n, p in m.named_parameters()}, [f for r in records for f in r.fused]
+
+
+@pytest.fixture(scope="module")
+def block():
+    torch.manual_seed(0)
+    return Block(), torch.randn(2, 32, 64)
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_fused_equals_separate_under_a_deterministic_recipe(block):
+    model, x = block
+    sep = _run(model, x, recipe="mxfp4-rtn", fuse_linears=False)
+    fused = _run(model, x, recipe="mxfp4-rtn", fuse_linears=True)
+    assert sep[3] == [] and [(f.name, f.modules, f.out_features) for f in fused[3]] == [("q+k+v", ("q", "k", "v"), (64, 32, 64))]
+    assert _rel(fused[0], sep[0]) < 1e-6 and _rel(fused[1], sep[1]) < 1e-6
+    for name, grad in sep[2].items():
+        assert _rel(fused[2][name], grad) < 1e-6, name
+
+
+def test_quartet_fused_has_the_same_forward_and_gradient_error(block):
+    model, x = block
+    m, xx = copy.deepcopy(model), x.clone().requires_grad_()
+    m(xx).square().sum().backward()
+    exact = {n: p.grad for n, p in m.named_parameters()}
+    sep = _run(model, x, recipe="quartet", fuse_linears=False)
+    fused = _run(model, x, recipe="quartet")  # auto: an MXFP4 recipe, N_i multiples of 32
+    assert [f.name for f in fused[3]] == ["q+k+v"]
+    assert torch.equal(fused[0], sep[0])
+    for name in ("q.weight", "k.weight", "v.weight"):
+        err_sep, err_fused = _rel(sep[2][name], exact[name]), _rel(fused[2][name], exact[name])
+        assert 0.5 < err_fused / err_sep < 2.0, (name, err_sep, err_fused)
+    assert 0.5 < _rel(fused[1], xx.grad) / _rel(sep[1], xx.grad) < 2.0
+
+
+def test_what_auto_fuses_and_what_explain_says(block):
+    model, x = block
+    assert _run(model, x, recipe="nvidia")[3] == []  # NVFP4: tensor scales
+    assert [f.modules for f in _run(model, x, recipe="quartet", skip=["k"])[3]] == [("q", "v")]
+    torch._dynamo.reset()
+    report = str(fp4compile.explain(model, x, recipe="quartet"))
+    assert "q+k+v: q, k, v share their input: one linear of 160 = 64 + 32 + 64 outputs" in report
+    assert "q+k+v   grad_weight  160x64" in report
+
+
+def test_the_pass_is_idempotent(block):
+    model, x = block
+    counts = []
+
+    def backend(gm, example_inputs):
+        names, options = _dynamo_param_names(gm), parse_options({"recipe": "quartet"})
+        counts.append((len(fuse_parallel_linears(gm, names, options)), len(fuse_parallel_linears(gm, names, options))))
+        return gm
+
+    torch._dynamo.reset()
+    torch.compile(model, backend=backend)(x)
+    assert counts == [(1, 0)]
+
+
+def test_bad_option_value():
+    with pytest.raises(ValueError, match="'fuse_linears' takes 'auto', True or False"):
+        parse_options({"fuse_linears": "yes"})
