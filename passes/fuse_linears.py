@@ -150,7 +150,12 @@ def _fuse(gm: fx.GraphModule, nodes: list[fx.Node], params: dict[fx.Node, str]) 
         parts = add(torch.split, (y, sizes, -1), tuple(vals))
         for i, old in enumerate(nodes):
             item = add(operator.getitem, (parts, i), vals[i])
-            old.replace_all_uses_with(item)
+            # each part as its own tensor, as the separate layer's output was: a view would keep the whole fused output
+            # alive wherever the backward saves one part (attention saves v: 3x its bytes at q/k/v); Inductor folds
+            # the copy into pointwise consumers and materializes it only for others (SDPA's v)
+            part = graph.call_method("contiguous", (item,))
+            part.meta.update(item.meta)
+            old.replace_all_uses_with(part)
     for old in nodes:
         graph.erase_node(old)
     return FusedLinear(name, tuple(modules), tuple(sizes))
