@@ -17,8 +17,8 @@ from the fused layer's seed. NVFP4's per-tensor scale would span the fused weigh
 ``fuse_linears="auto"`` (the default) fuses only recipes without a tensor-scaled quantizer, and only where
 each N_i is such a multiple; ``True`` fuses every group, ``False`` none.
 
-Fused: two or more ``linear`` calls on one input node whose weights are parameters of one shape along K and
-one dtype, used by nothing else, with no bias or a parameter bias each, none matching a ``skip`` glob. The
+Fused: two or more ``linear`` calls on one input node whose weights are parameters of one shape along K, one
+dtype and device, all trainable or all frozen, used by nothing else, with no bias or a parameter bias each, none matching a ``skip`` glob. The
 fused layer is named ``<parent>.<a>+<b>+...`` (e.g. ``layers.0.attn.q_proj+k_proj+v_proj``) in ``explain()``.
 Idempotent: a fused linear reads a ``cat``, not a parameter, so it is never fused again.
 """
@@ -84,7 +84,7 @@ def fuse_parallel_linears(gm: fx.GraphModule, param_names: list[str | None], opt
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     params = {n: p for n, p in zip(placeholders, param_names, strict=False) if p}
     multiple = _n_multiple(options) if options.fuse_linears is FuseLinears.AUTO else 1
-    groups: dict[fx.Node, list[fx.Node]] = {}
+    groups: dict[tuple, list[fx.Node]] = {}
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target is not _LINEAR or node.kwargs or len(node.args) not in (2, 3):
             continue
@@ -98,13 +98,10 @@ def fuse_parallel_linears(gm: fx.GraphModule, param_names: list[str | None], opt
             continue
         if skip_reason(_module_of(w_name), options.skip):
             continue
-        groups.setdefault(x, []).append(node)
-    fused = []
-    for nodes in groups.values():
-        keys = {(n.args[1].meta["example_value"].shape[1], n.args[1].meta["example_value"].dtype, len(n.args) == 3 and n.args[2] is not None) for n in nodes}
-        if len(nodes) < 2 or len(keys) != 1:
-            continue
-        fused.append(_fuse(gm, nodes, params))
+        # one input; one K, dtype and device; all trainable or all frozen (a frozen part would get a gradient computed
+        # for nothing); all with a bias or none
+        groups.setdefault((x, val.shape[1], val.dtype, val.device, val.requires_grad, bias is not None), []).append(node)
+    fused = [_fuse(gm, nodes, params) for nodes in groups.values() if len(nodes) > 1]
     if fused:
         gm.graph.lint()
         gm.recompile()

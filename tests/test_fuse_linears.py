@@ -5,7 +5,7 @@
 * Under ``quartet`` the forward is unchanged and the gradients carry the same quantization error against FP32
   autograd (other random rotations: statistically, not bit for bit).
 * ``fuse_linears="auto"`` fuses MXFP4 recipes, not NVFP4 ones (their tensor scales would span the fused layer);
-  False fuses nothing; a ``skip`` glob keeps that layer out of the fusion; explain() names the fused layer.
+  False fuses nothing; a ``skip`` glob or a frozen weight keeps that layer out of the fusion; explain() names the fused layer.
 * The pass is idempotent, and a bad option value is an error naming the valid ones.
 """
 
@@ -83,6 +83,9 @@ def test_what_auto_fuses_and_what_explain_says(block):
     model, x = block
     assert _run(model, x, recipe="nvidia")[3] == []  # NVFP4: tensor scales
     assert [f.modules for f in _run(model, x, recipe="quartet", skip=["k"])[3]] == [("q", "v")]
+    frozen = copy.deepcopy(model)
+    frozen.k.weight.requires_grad_(False)  # a frozen part stays apart: its gradient would be computed for nothing
+    assert [f.modules for f in _run(frozen, x, recipe="quartet")[3]] == [("q", "v")]
     torch._dynamo.reset()
     report = str(fp4compile.explain(model, x, recipe="quartet"))
     assert "q+k+v: q, k, v share their input: one linear of 160 = 64 + 32 + 64 outputs" in report
