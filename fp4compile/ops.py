@@ -114,7 +114,7 @@ def quantize(
     _check_form(form)
     r = get_recipe(recipe)
     if (impl := _lowered(kernel)) is not None:
-        return impl.quantize(t, r, operand, _kernel_seed(seed, fallback_seed), form, kernel)
+        return impl.quantize(t, r, operand, _kernel_seed(seed, fallback_seed), form)
     s = _host_seed(seed, fallback_seed)
     if form != "packed":
         raise ValueError(f"fp4compile::quantize: the reference lowering writes the packed form only, not {form!r}")

@@ -68,8 +68,8 @@ def _plans(recipe: Recipe, kernel: str, device: torch.device) -> tuple[OperandPl
     return plan_linear(recipe, kernel, device)
 
 
-def quantize(t: torch.Tensor, recipe: Recipe, operand_name: str, seed: Seed, form: str, kernel: str = "triton"):
-    """The forward's X or W: the op's six outputs (``ops.quantize``). ``kernel`` names the target (its plan chose ``form``)."""
+def quantize(t: torch.Tensor, recipe: Recipe, operand_name: str, seed: Seed, form: str):
+    """The forward's X or W: the op's six outputs (``ops.quantize``), in the ``form`` its target's layout plan chose."""
     spec = recipe.output
     name = spec.a if operand_name == "input" else spec.b
     q = get_quantizer(name)
