@@ -576,7 +576,7 @@ from typing import NamedTuple  # noqa: E402
 import torch  # noqa: E402
 
 from fp4compile import formats, persistent  # noqa: E402
-from fp4compile.lowering.blackwell import Fp4Operand, fp4_operand  # noqa: E402
+from fp4compile.lowering.blackwell import Fp4Operand, fp4_operand, fp4_recipe  # noqa: E402
 from fp4compile.lowering.hopper_gemm import record_folds  # noqa: E402
 from fp4compile.quantized import GemmValues, QuantizedTensor, ScaleFormat  # noqa: E402
 from fp4compile.quantizers import Quantizer  # noqa: E402
@@ -878,8 +878,6 @@ def quantize_for_gemm(
     if form not in GEMM_FORMS:
         raise ValueError(f"quantize_for_gemm: form must be one of {list(GEMM_FORMS)}, got {form!r}")
     if form == "fp4":
-        from fp4compile.lowering.blackwell import fp4_recipe
-
         fp4_recipe(quantizer)  # MXFP4 groups of 32 or NVFP4 groups of 16, else a ValueError naming both
     else:
         wants = ScaleFormat.E8M0 if form == "fp8" else ScaleFormat.E4M3
