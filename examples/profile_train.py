@@ -29,7 +29,7 @@ from examples.profile_linear import print_top_kernels
 # kernel name fragment -> kind (first match wins; checked in this order)
 KINDS = [
     ("quantize_kernel", "fp4 quantize"), ("stats_kernel", "fp4 pre-pass (NVFP4 amax)"), ("fold_kernel", "fp4 fold"),
-    ("bf16_values_kernel", "fp4 dequantize"), ("epilogue_kernel", "fp4 GEMM epilogue"),
+    ("bf16_values_kernel", "fp4 dequantize"), ("epilogue_kernel", "fp4 GEMM epilogue"), ("epilogue_h32_kernel", "fp4 GEMM epilogue"),
     ("flash", "attention"), ("fmha", "attention"), ("attention", "attention"),
     ("multi_tensor", "optimizer / grad clip"), ("foreach", "optimizer / grad clip"),
     ("gemm", "GEMM"), ("xmma", "GEMM"), ("nvjet", "GEMM"), ("cutlass", "GEMM"), ("sm90", "GEMM"),
