@@ -82,6 +82,8 @@ def test_quartet_fused_has_the_same_forward_and_gradient_error(block):
 def test_what_auto_fuses_and_what_explain_says(block):
     model, x = block
     assert _run(model, x, recipe="nvidia")[3] == []  # NVFP4: tensor scales
+    forced = _run(model, x, recipe="nvidia", fuse_linears=True)  # runs, the tensor scales spanning the fused layer
+    assert [f.name for f in forced[3]] == ["q+k+v"] and all(torch.isfinite(g).all() for g in forced[2].values())
     assert [f.modules for f in _run(model, x, recipe="quartet", skip=["k"])[3]] == [("q", "v")]
     frozen = copy.deepcopy(model)
     frozen.k.weight.requires_grad_(False)  # a frozen part stays apart: its gradient would be computed for nothing
