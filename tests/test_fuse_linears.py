@@ -6,6 +6,7 @@
   autograd (other random rotations: statistically, not bit for bit).
 * ``fuse_linears="auto"`` fuses MXFP4 recipes, not NVFP4 ones (their tensor scales would span the fused layer);
   False fuses nothing; a ``skip`` glob or a frozen weight keeps that layer out of the fusion; explain() names the fused layer.
+* Layers in different autocast / no_grad regions are never fused together (each keeps its dtype and grad mode).
 * The pass is idempotent, and a bad option value is an error naming the valid ones.
 """
 
@@ -92,6 +93,32 @@ def test_what_auto_fuses_and_what_explain_says(block):
     report = str(fp4compile.explain(model, x, recipe="quartet"))
     assert "q+k+v: q, k, v share their input: one linear of 160 = 64 + 32 + 64 outputs" in report
     assert "q+k+v   grad_weight  160x64" in report
+
+
+class Regions(nn.Module):
+    """Linears on one input in different global-state regions (autocast, no_grad) and two in one region."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = (nn.Linear(64, 64, bias=False) for _ in range(4))
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            a, b = self.a(x), self.b(x)
+        c = self.c(x)
+        with torch.no_grad():
+            d = self.d(x)
+        return (a.float() * b.float()).sum() + c.sum() + d.sum(), a.dtype, c.dtype, d.requires_grad
+
+
+def test_no_fusion_across_autocast_or_no_grad():
+    torch.manual_seed(1)
+    model, x = Regions(), torch.randn(8, 64)
+    torch._dynamo.reset()
+    with recording() as records:
+        _, a_dtype, c_dtype, d_grad = torch.compile(model, backend="quartet")(x.requires_grad_())
+    assert [f.modules for r in records for f in r.fused] == [("a", "b")]  # only the two inside one autocast region
+    assert (a_dtype, c_dtype, d_grad) == (torch.bfloat16, torch.float32, False)
 
 
 def test_the_pass_is_idempotent(block):
