@@ -19,7 +19,8 @@ each N_i is such a multiple; ``True`` fuses every group, ``False`` none.
 
 Fused: two or more ``linear`` calls on one input node whose weights are parameters of one shape along K, one
 dtype and device, all trainable or all frozen, used by nothing else, with no bias or a parameter bias each, none
-matching a ``skip`` glob, and none across an autocast, no_grad or other global-state boundary. Each part of the fused output is its own tensor (``contiguous``), as the separate layer's
+matching a ``skip`` glob, and none across an autocast, no_grad or other global-state boundary or an in-place op.
+Each part of the fused output is its own tensor (``contiguous``), as the separate layer's
 was: a view would keep the whole output alive wherever the backward saves one part (measured at 1B: +4.7 GiB of peak
 memory from attention's saved v). The fused layer is named ``<parent>.<a>+<b>+...`` (e.g.
 ``layers.0.attn.q_proj+k_proj+v_proj``) in ``explain()``. Idempotent: a fused linear reads a ``cat``, not a
@@ -71,14 +72,22 @@ def _tensor_scaled(options: Options) -> bool:
     return any(get_quantizer(q).scale_format is not ScaleFormat.E8M0 for q in names)
 
 
-def _changes_state(node: fx.Node) -> bool:
+_INPLACE_OPERATORS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                      operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift, operator.irshift,
+                      operator.imatmul}
+
+
+def _is_boundary(node: fx.Node) -> bool:
     """Whether ``node`` enters or leaves a global-state region of Dynamo's graph (``_enter_autocast``,
-    ``_exit_autocast``, ``_set_grad_enabled``, ...): the fused linear is inserted at the first part's place, so the
-    parts must not straddle one."""
+    ``_exit_autocast``, ``_set_grad_enabled``, ...) or mutates a tensor in place (``add_``, ``x[i] = ...``, ``+=``):
+    the fused linear is inserted at the first part's place, so the parts must not straddle one (a later part would
+    run before the mutation of its input, or in another autocast or grad mode)."""
     if node.op not in ("call_function", "call_method"):
         return False
+    if node.target in _INPLACE_OPERATORS:
+        return True
     name = getattr(node.target, "__name__", str(node.target))
-    return name.startswith(("_enter_", "_exit_", "_set_"))
+    return name.startswith(("_enter_", "_exit_", "_set_")) or (name.endswith("_") and not name.startswith("__"))
 
 
 def _param(node, params: dict[fx.Node, str]) -> str | None:
@@ -98,9 +107,9 @@ def fuse_parallel_linears(gm: fx.GraphModule, param_names: list[str | None], opt
     params = {n: p for n, p in zip(placeholders, param_names, strict=False) if p}
     multiple = _n_multiple(options) if options.fuse_linears is FuseLinears.AUTO else 1
     groups: dict[tuple, list[fx.Node]] = {}
-    region = 0  # global-state regions (autocast, no_grad, ...): a linear never moves into another one
+    region = 0  # between global-state changes and in-place ops: a linear never moves across one
     for node in gm.graph.nodes:
-        if _changes_state(node):
+        if _is_boundary(node):
             region += 1
             continue
         if node.op != "call_function" or node.target is not _LINEAR or node.kwargs or len(node.args) not in (2, 3):

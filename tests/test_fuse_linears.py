@@ -6,7 +6,8 @@
   autograd (other random rotations: statistically, not bit for bit).
 * ``fuse_linears="auto"`` fuses MXFP4 recipes, not NVFP4 ones (their tensor scales would span the fused layer);
   False fuses nothing; a ``skip`` glob or a frozen weight keeps that layer out of the fusion; explain() names the fused layer.
-* Layers in different autocast / no_grad regions are never fused together (each keeps its dtype and grad mode).
+* Layers in different autocast / no_grad regions or on either side of an in-place update of their input are never
+  fused together (each keeps its dtype, grad mode and input).
 * The pass is idempotent, and a bad option value is an error naming the valid ones.
 """
 
@@ -119,6 +120,32 @@ def test_no_fusion_across_autocast_or_no_grad():
         _, a_dtype, c_dtype, d_grad = torch.compile(model, backend="quartet")(x.requires_grad_())
     assert [f.modules for r in records for f in r.fused] == [("a", "b")]  # only the two inside one autocast region
     assert (a_dtype, c_dtype, d_grad) == (torch.bfloat16, torch.float32, False)
+
+
+class Mutation(nn.Module):
+    """b reads h after an in-place update: it must not move before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 64, bias=False), nn.Linear(64, 64, bias=False)
+
+    def forward(self, x):
+        h = x * 1.0
+        a = self.a(h)
+        h.add_(1.0)
+        return a.sum() + self.b(h).sum()
+
+
+def test_no_fusion_across_an_in_place_update():
+    torch.manual_seed(2)
+    model, x = Mutation(), torch.randn(8, 64)
+    outs = {}
+    for fuse in ("auto", False):
+        torch._dynamo.reset()
+        with recording() as records, torch.no_grad():  # (in training autograd itself forbids updating a saved input)
+            outs[fuse] = torch.compile(model, backend="quartet", options={"fuse_linears": fuse})(x)
+        assert [r.fused for r in records] == [[]]
+    assert torch.equal(outs["auto"], outs[False])
 
 
 def test_the_pass_is_idempotent(block):
