@@ -19,7 +19,7 @@ each N_i is such a multiple; ``True`` fuses every group, ``False`` none.
 
 Fused: two or more ``linear`` calls on one input node whose weights are parameters of one shape along K, one
 dtype and device, all trainable or all frozen, used by nothing else, with no bias or a parameter bias each, none
-matching a ``skip`` glob, and none across an autocast, no_grad or other global-state boundary or an in-place op.
+matching a ``skip`` glob, plain tensors (no DTensor or other subclass), and none across an autocast, no_grad or other global-state boundary or an in-place op.
 Each part of the fused output is its own tensor (``contiguous``), as the separate layer's
 was: a view would keep the whole output alive wherever the backward saves one part (measured at 1B: +4.7 GiB of peak
 memory from attention's saved v). The fused layer is named ``<parent>.<a>+<b>+...`` (e.g.
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensor
 
 from fp4compile.options import FuseLinears, Options
 from fp4compile.quantized import ScaleFormat
@@ -120,7 +121,8 @@ def fuse_parallel_linears(gm: fx.GraphModule, param_names: list[str | None], opt
         if not isinstance(x, fx.Node) or w_name is None or len(w.users) != 1 or (bias is not None and (_param(bias, params) is None or len(bias.users) != 1)):
             continue
         val = w.meta.get("example_value")
-        if not isinstance(val, torch.Tensor) or val.dim() != 2 or not isinstance(val.shape[0], int) or val.shape[0] % multiple:
+        # plain tensors only: a tensor subclass (a DTensor sharded along N, ...) would not concatenate as its local data
+        if type(val) is not FakeTensor or val.dim() != 2 or not isinstance(val.shape[0], int) or val.shape[0] % multiple:
             continue
         if skip_reason(_module_of(w_name), options.skip):
             continue
