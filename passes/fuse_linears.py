@@ -140,7 +140,7 @@ def _fuse(gm: fx.GraphModule, nodes: list[fx.Node], params: dict[fx.Node, str]) 
     graph = gm.graph
     weights = [n.args[1] for n in nodes]
     biases = [n.args[2] for n in nodes] if len(nodes[0].args) == 3 and nodes[0].args[2] is not None else None
-    modules = [_module_of(params[w]) for w in weights]
+    modules = [_module_of(params[w]) or params[w] for w in weights]  # a root-level parameter of F.linear: its own name
     name = _fused_name(modules)
     sizes = [w.meta["example_value"].shape[0] for w in weights]
     first = nodes[0]

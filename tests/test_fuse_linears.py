@@ -148,6 +148,23 @@ def test_no_fusion_across_an_in_place_update():
     assert torch.equal(outs["auto"], outs[False])
 
 
+class Functional(nn.Module):
+    """F.linear on the model's own parameters (no submodules)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1, self.w2 = nn.Parameter(torch.randn(64, 64) / 8), nn.Parameter(torch.randn(32, 64) / 8)
+
+    def forward(self, x):
+        return (torch.nn.functional.linear(x, self.w1)[:, :32] * torch.nn.functional.linear(x, self.w2)).sum()
+
+
+def test_functional_linears_are_named_by_their_parameters():
+    torch._dynamo.reset()
+    report = str(fp4compile.explain(Functional(), torch.randn(8, 64)))
+    assert "w1+w2: w1, w2 share their input: one linear of 96 = 64 + 32 outputs" in report
+
+
 def test_the_pass_is_idempotent(block):
     model, x = block
     counts = []
