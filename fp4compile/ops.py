@@ -139,9 +139,8 @@ def _(t, recipe, operand, seed, fallback_seed, kernel, form="packed"):
     if form == "packed":
         return codes, scales, tscale, mask, t.new_empty((0,), dtype=torch.uint8), t.new_empty((0,), dtype=torch.uint8)
     if form == "fp4":  # the scale bytes in the 128x4 blocked layout: round_up(R, 128) * round_up(K/g, 4), flat
-        r = rows[0] if len(rows) == 1 else math.prod(rows)
-        blocked = ((r + 127) // 128 * 128) * ((k // q.group_size + 3) // 4 * 4)
-        return codes, scales, tscale, mask, t.new_empty((blocked,), dtype=torch.uint8), t.new_empty((0,), dtype=torch.uint8)
+        rows_p, cols_p = formats.blocked_shape(math.prod(rows), k // q.group_size)
+        return codes, scales, tscale, mask, t.new_empty((rows_p * cols_p,), dtype=torch.uint8), t.new_empty((0,), dtype=torch.uint8)
     values = t.new_empty((*rows, k), dtype=_VALUE_DTYPES[form])
     row_scale = t.new_empty((*rows, 1), dtype=torch.float32) if form == "fp8" else t.new_empty((0,), dtype=torch.uint8)
     return codes, scales, tscale, mask, values, row_scale

@@ -90,12 +90,16 @@ def _kernel_rule(name: str | None) -> bool:
 
 
 def _native_fp4(a: str | None, b: str | None) -> bool:
-    """Whether Blackwell's block-scaled GEMM takes this pair: both quantized by kernel rules, MXFP4 in groups of 32
-    or NVFP4 in groups of 16, one format for both (lowering/blackwell.py)."""
+    """Whether Blackwell's block-scaled GEMM takes this pair: both quantized by kernel rules, one hardware recipe for
+    both (``lowering.blackwell.fp4_recipe``: MXFP4 in groups of 32 or NVFP4 in groups of 16)."""
     if not (_kernel_rule(a) and _kernel_rule(b)):
         return False
-    kinds = {(get_quantizer(q).scale_format, get_quantizer(q).group_size) for q in (a, b)}
-    return kinds in ({(ScaleFormat.E8M0, 32)}, {(ScaleFormat.E4M3, 16)})
+    from fp4compile.lowering.blackwell import fp4_recipe
+
+    try:
+        return fp4_recipe(get_quantizer(a)) is fp4_recipe(get_quantizer(b))
+    except ValueError:  # a format or group size the hardware does not take
+        return False
 
 
 def gemm_form(kernel: str, a: str | None, b: str | None, device: torch.device) -> Form:
