@@ -181,7 +181,7 @@ def fp4_operand(codes: torch.Tensor, scales_blocked: torch.Tensor, scale_format:
     """Packed codes ``[M, K/2]`` (uint8) and flat blocked scale bytes (uint8) as the hardware's operand: dtype views,
     no copy (a copy only where :func:`_hardware_ready` needs one)."""
     _require_dtypes()
-    k_groups = 2 * codes.shape[1] // (MXFP4_GROUP if scale_format is ScaleFormat.E8M0 else NVFP4_GROUP)
+    k_groups = 2 * codes.shape[-1] // (MXFP4_GROUP if scale_format is ScaleFormat.E8M0 else NVFP4_GROUP)
     rows_p, cols_p = formats.blocked_shape(codes.shape[0], k_groups)
     if codes.dim() != 2 or codes.dtype != torch.uint8 or scales_blocked.dtype != torch.uint8 or scales_blocked.numel() != rows_p * cols_p:
         raise ValueError(
@@ -244,11 +244,7 @@ def as_fp4_operand(q: QuantizedTensor) -> Fp4Operand:
         )
     codes2d = codes.reshape(-1, half_k)  # [M, K/2]
     scales2d = scales.reshape(-1, groups)  # [M, K/g]
-    data = _hardware_ready(codes2d).view(torch.float4_e2m1fn_x2)
-    scale_dtype = torch.float8_e8m0fnu if recipe is Fp4Recipe.MXFP4 else torch.float8_e4m3fn
-    blocked = formats.to_blocked(scales2d).view(scale_dtype)  # [round_up(M,128) * round_up(K/g,4)]
-    alpha = q.alpha.reshape(()).to(torch.float32)
-    return Fp4Operand(data, blocked, alpha)
+    return fp4_operand(codes2d, formats.to_blocked(scales2d), q.scale_format, q.alpha)  # blocked: [round_up(M,128) * round_up(K/g,4)]
 
 
 # ----------------------------------------------------------------------------------------------
