@@ -58,8 +58,8 @@ def main() -> None:
             y = ops.output_gemm(*xq[:3], *wq[:3], recipe, torch.bfloat16, kernel, *values)
             x_mask = xq[3] if xq[3].numel() else None
             w_mask = wq[3] if wq[3].numel() else None
-            dx = ops.grad_input(e, *wq[:3], w, x_mask, k, recipe, seed, torch.bfloat16, kernel)
-            dw = ops.grad_weight(e, *xq[:3], x, w_mask, k, recipe, seed, torch.bfloat16, kernel)
+            dx = ops.grad_input([e], *wq[:3], w, x_mask, k, recipe, seed, torch.bfloat16, kernel)
+            dw = ops.grad_weight([e], *xq[:3], x, w_mask, k, recipe, seed, torch.bfloat16, kernel)
             out[kernel] = {"y": y, "dX": dx, "dW": dw}
             cos = "-"
             if kernel == "triton":

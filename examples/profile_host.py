@@ -62,10 +62,10 @@ def main() -> None:
         (f"quantize_for_gemm ({form}: {'kernel + fold' if form == 'fp8' else 'pre-pass + kernel'})", lambda: quantize_for_gemm(x, q, None, 1, form=form)),
         ("lowering quantize (X, forward)", lambda: triton_ops.quantize(x, r, "input", 5, forms["input"])),
         ("lowering output_gemm", lambda: triton_ops.output_gemm(xqt, wqt, torch.bfloat16)),
-        ("lowering grad_input", lambda: triton_ops.grad_input(e, wqt, w, x_mask, n, r, 7, torch.bfloat16)),
-        ("lowering grad_weight", lambda: triton_ops.grad_weight(e, xqt, x, w_mask, n, r, 7, torch.bfloat16)),
+        ("lowering grad_input", lambda: triton_ops.grad_input([e], wqt, w, x_mask, n, r, 7, torch.bfloat16)),
+        ("lowering grad_weight", lambda: triton_ops.grad_weight([e], xqt, x, w_mask, n, r, 7, torch.bfloat16)),
         ("op quantize (dispatcher)", lambda: ops.quantize(x, args.recipe, "input", seed, 0, "triton", forms["input"])),
-        ("op grad_input (dispatcher)", lambda: ops.grad_input(e, *wq[:3], w, x_mask, n, args.recipe, seed, torch.bfloat16, "triton")),
+        ("op grad_input (dispatcher)", lambda: ops.grad_input([e], *wq[:3], w, x_mask, n, args.recipe, seed, torch.bfloat16, "triton")),
     ]
     lin = nn.Linear(n, n, bias=False).cuda().bfloat16()
     xin = x.clone().requires_grad_(True)

@@ -13,7 +13,9 @@ host-launched step. Needs a CUDA GPU.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -59,7 +61,23 @@ def build_step(size: str, recipe: str, batch: int, seq: int, cudagraphs: bool):
     return step
 
 
-def kernel_table(step, steps: int, top: int) -> float:
+def grid_table(prof, steps: int, fragments: list[str]) -> None:
+    """Launches of the kernels whose name holds one of ``fragments``, grouped by (kernel, grid): the grid says the
+    operand's shape (rows / tile rows, columns / tile columns), so this tells which operand a kernel's time is."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.load(open(f.name))["traceEvents"]
+    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for ev in events:
+        name, args = ev.get("name", ""), ev.get("args", {})
+        if ev.get("cat") == "kernel" and any(frag in name for frag in fragments):
+            groups[(name, str(args.get("grid")))].append(float(ev.get("dur", 0.0)))
+    print("| kernel | grid | calls/step | us/call | ms/step |\n|---|---|---:|---:|---:|")
+    for (name, grid), times in sorted(groups.items(), key=lambda kv: -sum(kv[1])):
+        print(f"| {name[:40]} | {grid} | {len(times) / steps:g} | {sum(times) / len(times):.1f} | {sum(times) / 1e3 / steps:.3f} |")
+
+
+def kernel_table(step, steps: int, top: int, by_grid: list[str]) -> float:
     """Profile ``steps`` host-launched steps; print their kernels grouped by kind and the top ones; GPU ms per step."""
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
@@ -83,6 +101,8 @@ def kernel_table(step, steps: int, top: int) -> float:
     if others:  # many small launches: which ones
         print("kernels of kind 'other' (small launches each):")
         print_top_kernels(others, steps, 12)
+    if by_grid:
+        grid_table(prof, steps, by_grid)
     return total
 
 
@@ -94,6 +114,7 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=5, help="profiled steps")
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--by-grid", default="", help="comma-separated kernel name fragments (e.g. quantize_kernel,fold_kernel): their launches by grid")
     p.add_argument("--graphs-only", action="store_true", help="only the CUDA-graph step time of each recipe (no kernel table)")
     args = p.parse_args()
     tokens = args.batch * args.seq
@@ -107,7 +128,7 @@ def main() -> None:
             label = f"{recipe} {args.size} {args.batch}x{args.seq} {'CUDA graphs' if graphs else 'host-launched'}"
             print(f"\n## {label}: {wall:.2f} ms/step, {tokens / wall * 1e3:,.0f} tokens/s", flush=True)
             if not graphs:
-                gpu = kernel_table(step, args.steps, args.top)
+                gpu = kernel_table(step, args.steps, args.top, [f for f in args.by_grid.split(",") if f])
                 print(f"GPU kernels {gpu:.2f} ms/step ({gpu / wall:.0%} of the host-launched wall time)", flush=True)
             torch._dynamo.reset()
 

@@ -17,8 +17,12 @@ Per quantized linear layer ``y = x W^T`` (x ``[T, K]``, W ``[N, K]``, E = dL/dy 
   (uint8, flat), which with the packed codes are the native FP4 GEMM's operand.
 * ``output_gemm(x codes/scales/tensor_scale, w codes/scales/tensor_scale, recipe, out_dtype, kernel,
   x values/row_scale, w values/row_scale)``: ``y = Xq @ Wq^T`` ``[T, N]``, from the values when given.
-* ``grad_input(E, W codes/scales/tensor_scale?, W?, x_mask?, recipe, seed, out_dtype, kernel)``: ``[T, K]``.
-* ``grad_weight(E, X codes/scales/tensor_scale?, X?, w_mask?, recipe, seed, out_dtype, kernel)``: ``[N, K]``.
+* ``grad_input([E], W codes/scales/tensor_scale?, W?, x_mask?, recipe, seed, out_dtype, kernel)``: ``[T, K]``.
+* ``grad_weight([E], X codes/scales/tensor_scale?, X?, w_mask?, recipe, seed, out_dtype, kernel)``: ``[N, K]``.
+
+  ``E`` comes as a list of column blocks ``[T, N_i]`` whose concatenation it is: one block, or a fused layer's
+  parts' gradients (passes/rewrite_linears.py), which the kernels quantize in place, so that the backward never
+  writes the concatenated gradient (the reference concatenates them).
 
 The quantized operands are separate tensors so that the partitioner saves FP4 codes and scales for the
 backward instead of the high-precision activations. ``kernel`` is the lowering decision recorded per
@@ -185,9 +189,14 @@ def _(x_codes, x_scales, x_tscale, w_codes, w_scales, w_tscale, recipe, out_dtyp
 # --------------------------------------------------------------------------------------------
 
 
+def _whole(grad: list[Tensor]) -> Tensor:
+    """E [T, N] from its column blocks [T, N_i]."""
+    return grad[0] if len(grad) == 1 else torch.cat(grad, dim=-1)
+
+
 @torch.library.custom_op("fp4compile::grad_input", mutates_args=())
 def grad_input(
-    grad: Tensor,
+    grad: list[Tensor],
     w_codes: Tensor | None,
     w_scales: Tensor | None,
     w_tscale: Tensor | None,
@@ -205,17 +214,17 @@ def grad_input(
         return impl.grad_input(grad, wq, w_hp, x_mask, k, r, DeviceSeed(seed), out_dtype, kernel)
     mask = None if x_mask is None else formats.unpack_bits(x_mask)
     # === GEMM 2: grad_input = E @ W   [T,N] @ [N,K] -> [T,K]
-    return ref.grad_input(grad, wq, w_hp, mask, r, _host_seed(seed, 0), out_dtype)
+    return ref.grad_input(_whole(grad), wq, w_hp, mask, r, _host_seed(seed, 0), out_dtype)
 
 
 @grad_input.register_fake
 def _(grad, w_codes, w_scales, w_tscale, w_hp, x_mask, k, recipe, seed, out_dtype, kernel):
-    return grad.new_empty((grad.shape[0], k), dtype=out_dtype)
+    return grad[0].new_empty((grad[0].shape[0], k), dtype=out_dtype)
 
 
 @torch.library.custom_op("fp4compile::grad_weight", mutates_args=())
 def grad_weight(
-    grad: Tensor,
+    grad: list[Tensor],
     x_codes: Tensor | None,
     x_scales: Tensor | None,
     x_tscale: Tensor | None,
@@ -233,9 +242,9 @@ def grad_weight(
         return impl.grad_weight(grad, xq, x_hp, w_mask, k, r, DeviceSeed(seed), out_dtype, kernel)
     mask = None if w_mask is None else formats.unpack_bits(w_mask)
     # === GEMM 3: grad_weight = E^T @ X   [N,T] @ [T,K] -> [N,K]
-    return ref.grad_weight(grad, xq, x_hp, mask, r, _host_seed(seed, 0), out_dtype)
+    return ref.grad_weight(_whole(grad), xq, x_hp, mask, r, _host_seed(seed, 0), out_dtype)
 
 
 @grad_weight.register_fake
 def _(grad, x_codes, x_scales, x_tscale, x_hp, w_mask, k, recipe, seed, out_dtype, kernel):
-    return grad.new_empty((grad.shape[1], k), dtype=out_dtype)
+    return grad[0].new_empty((sum(g.shape[1] for g in grad), k), dtype=out_dtype)

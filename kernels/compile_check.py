@@ -100,7 +100,7 @@ def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launc
     if as_launched:
         unit = "stride_r" if constexprs.get("TRANS_LOAD") else "stride_k"
         constexprs = {**constexprs, unit: 1} if unit in names else constexprs
-        sized = {"stride_r", "stride_k", "R", "K", "K_OUT", "M"}
+        sized = {"stride_r", "stride_k", "R", "K", "K_OUT", "out_stride", "elem0", "M"}
         attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in constexprs and (n.endswith("_ptr") or n in sized)}
     signature = {n: ("constexpr" if n in constexprs else types.get(n, "i32")) for n in names}
     src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)

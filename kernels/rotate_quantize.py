@@ -362,7 +362,7 @@ def _rotated_group_scales(amax, scratch_ptr, pid_k, s32, inv_s32, val_max, inv_v
 
 
 @triton.jit
-def _eden_scale_bytes(vs1, num, den, scratch_ptr, us_ptr, row_block, pid_k, R, K_OUT, seed,
+def _eden_scale_bytes(vs1, num, den, scratch_ptr, us_ptr, row_block, pid_k, R, out_stride, elem0, seed,
                       GROUP: tl.constexpr, HAS_U: tl.constexpr, BLOCK_R: tl.constexpr, NG: tl.constexpr):
     """MS-EDEN's corrected scale bytes ``SR_E4M3(s8 * <x, x> / <x, x_hat>)`` of the tile's BLOCK_R x NG groups, as a
     1-D [BLOCK_R * NG] tensor (row-major), given s8 (vs1, 1-D from ``_rotated_group_scales``) and each group's
@@ -385,7 +385,7 @@ def _eden_scale_bytes(vs1, num, den, scratch_ptr, us_ptr, row_block, pid_k, R, K
     p_up = tl.where(up > down, (c - down) * _pow2(-_exp_floor(up - down)), 0.0)
     p_up = tl.minimum(tl.maximum(p_up, 0.0), 1.0)
     row = row_block * BLOCK_R + i // NG
-    gidx = row * (K_OUT // GROUP) + pid_k * NG + i % NG
+    gidx = row * (out_stride // GROUP) + elem0 // GROUP + pid_k * NG + i % NG  # the group's index in the whole tensor
     if HAS_U:
         us = tl.load(us_ptr + gidx, mask=row < R, other=0.0)
     else:
@@ -409,8 +409,11 @@ def quantize_kernel(
     values_ptr, er_ptr,
     # NVFP4 after a rotation: 3 x BLOCK_R x NG float32 per program for the per-group work (_to_group_per_thread)
     scratch_ptr,
+    # this launch's [R, K] (K_OUT padded); out_stride: the outputs' row length in elements (K_OUT, or the whole tensor's when
+    # this launch writes one column block of it); elem0: the block's first element in the whole tensor (counters of SR draws)
+    R, K, K_OUT, out_stride, elem0,
     # the seed: seed_ptr[0] ^ seed_salt, low 31 bits (a step's seed on the device; SR and EDEN's scale SR)
-    R, K, K_OUT, seed_ptr, seed_salt,
+    seed_ptr, seed_salt,
     # NVFP4: val_max for RTN / EDEN, scales_max * val_max (s32 = amax / it), their float32 reciprocals RN(1 / .), the factor
     val_max, ts_den, inv_val_max, inv_ts_den, factor,
     RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
@@ -436,7 +439,7 @@ def quantize_kernel(
             bad = tl.reshape(tl.broadcast_to(t_bad[:, None, :], (BLOCK_R // 16, 16, NG)), (BLOCK_R, NG)) > 0
         r2 = rows[:, None]
         k2 = ks[None, :]
-        elem = r2 * K_OUT + k2  # counter for the uniforms of element (r, k)
+        elem = r2 * out_stride + k2 + elem0  # counter for the uniforms of element (r, k): its index in the whole tensor
         # per-group quantities reach the elements by broadcast + reshape; every elementwise operand below is 2-D
         bad2 = tl.reshape(tl.broadcast_to(bad[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))
 
@@ -500,7 +503,7 @@ def quantize_kernel(
                     PER: tl.constexpr = CORR // GROUP  # num and den per scale group (equal within a correction group)
                     num_g = tl.reshape(tl.broadcast_to(num[:, :, None], (BLOCK_R, BLOCK_K // CORR, PER)), (BLOCK_R, NG))
                     den_g = tl.reshape(tl.broadcast_to(den[:, :, None], (BLOCK_R, BLOCK_K // CORR, PER)), (BLOCK_R, NG))
-                    byte = tl.reshape(_eden_scale_bytes(tl.reshape(vs, (BLOCK_R * NG,)), num_g, den_g, scratch_ptr, us_ptr, row_block, pid_k, R, K_OUT, seed,
+                    byte = tl.reshape(_eden_scale_bytes(tl.reshape(vs, (BLOCK_R * NG,)), num_g, den_g, scratch_ptr, us_ptr, row_block, pid_k, R, out_stride, elem0, seed,
                                                         GROUP, HAS_U, BLOCK_R, NG), (BLOCK_R, NG))
             byte = tl.where(bad, 0x7F, byte)
             codes = _signed_codes(cmag, scaled2, bad2)
@@ -513,26 +516,26 @@ def quantize_kernel(
                 else:
                     tl.store(s32_ptr, s32)
                     tl.store(alpha_out_ptr, s32 * factor)
-        # --- GEMM-ready values [R, K_OUT] (hopper.md): the same numbers as the packed form, in what the tensor cores take
+        # --- GEMM-ready values [R, out_stride] (hopper.md): the same numbers as the packed form, in what the tensor cores take
         if VALUES == 2:  # NVFP4 as exact BF16 q * s8 (twin: hopper_gemm.nvfp4_to_bf16)
             s8 = tl.where(byte == 0x7F, float("nan"), _e4m3_from_byte(byte))
             v = q * tl.reshape(tl.broadcast_to(s8[:, :, None], (BLOCK_R, NG, GROUP)), (BLOCK_R, BLOCK_K))  # 2-D, as above
             v = (v.to(tl.int32, bitcast=True) | (((codes >> 3) & 1) << 31)).to(tl.float32, bitcast=True)  # sign as a bit
-            tl.store(values_ptr + rows[:, None] * K_OUT + ks[None, :], v.to(tl.bfloat16), mask=row_ok)
+            tl.store(values_ptr + rows[:, None] * out_stride + ks[None, :], v.to(tl.bfloat16), mask=row_ok)
         if WRITE_PACKED:
-            # --- write: packed codes [R, K_OUT/2], scales [R, K_OUT/GROUP] (plain and/or blocked), mask bits [R, K_OUT/8]
+            # --- write: packed codes [R, out_stride/2], scales [R, out_stride/GROUP] (plain and/or blocked), mask bits [R, out_stride/8]
             pairs = tl.reshape(codes, (BLOCK_R, BLOCK_K // 2, 2))
             lo, hi = tl.split(pairs)
             packed = (lo | (hi << 4)).to(tl.uint8)
             pc = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-            tl.store(codes_ptr + rows[:, None] * (K_OUT // 2) + pc[None, :], packed, mask=row_ok)
+            tl.store(codes_ptr + rows[:, None] * (out_stride // 2) + pc[None, :], packed, mask=row_ok)
             gc = pid_k * NG + tl.arange(0, NG)
             if PLAIN_SCALES:
-                tl.store(scales_ptr + rows[:, None] * (K_OUT // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
+                tl.store(scales_ptr + rows[:, None] * (out_stride // GROUP) + gc[None, :], byte.to(tl.uint8), mask=row_ok)
             if BLOCKED_SCALES:  # scale (i, j) at formats.blocked_index: 512-byte tiles of 128 rows x 4 columns
-                i = rows[:, None]
-                j = gc[None, :]
-                tiles_per_row = (K_OUT // GROUP + 3) // 4  # the scale columns padded to 4
+                i = rows[:, None] + elem0 // out_stride  # (i, j) in the whole tensor: this launch's block starts at elem0
+                j = gc[None, :] + (elem0 % out_stride) // GROUP
+                tiles_per_row = (out_stride // GROUP + 3) // 4  # the scale columns padded to 4
                 blk = ((i // 128) * tiles_per_row + j // 4) * 512 + (i % 32) * 16 + ((i % 128) // 32) * 4 + j % 4
                 tl.store(blocked_ptr + blk, byte.to(tl.uint8), mask=row_ok)
             if WRITE_MASK:
@@ -541,7 +544,7 @@ def quantize_kernel(
                 weights = (1 << (2 * tl.arange(0, 4))).to(tl.int32)
                 mbyte = tl.sum(quads * weights[None, None, :], axis=2).to(tl.uint8)
                 mc = pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
-                tl.store(mask_ptr + rows[:, None] * (K_OUT // 8) + mc[None, :], mbyte, mask=row_ok)
+                tl.store(mask_ptr + rows[:, None] * (out_stride // 8) + mc[None, :], mbyte, mask=row_ok)
 
 
 @triton.jit
@@ -823,7 +826,7 @@ def _precision(dtype: torch.dtype, device: torch.device) -> str:
 
 
 def quantize(
-    x: torch.Tensor | QuantizedTensor,
+    x: torch.Tensor | list[torch.Tensor] | QuantizedTensor,
     quantizer: Quantizer,
     rotation: torch.Tensor | PreparedRotation | None,
     seed: Seed,
@@ -835,9 +838,11 @@ def quantize(
 ) -> tuple[QuantizedTensor, torch.Tensor | None]:
     """Rotate and quantize along the last axis of ``x`` (or of ``x^T`` with ``transpose``) in one pass.
 
-    ``x`` is a dense 2-D tensor, or a QuantizedTensor ``[Kq, R]`` (the backward's re-quantization of a
-    forward-quantized operand) whose exact BF16 block values are written first (kernels/fold.py) and read
-    transposed, times its tensor scale and factor.
+    ``x`` is a dense 2-D tensor; or a list of them, ``[T, N_i]`` column blocks of the tensor ``[T, N]`` they make side
+    by side (a fused layer's parts' gradients), each read by its own launch into its slice of the one set of
+    outputs, so that the blocks are never concatenated; or a QuantizedTensor ``[Kq, R]`` (the backward's
+    re-quantization of a forward-quantized operand) whose exact BF16 block values are written first
+    (kernels/fold.py) and read transposed, times its tensor scale and factor.
     ``rotation`` is the G x G matrix the reference would use (or None): a PreparedRotation from
     ``prepare_rotation`` costs no host sync (a plain matrix is prepared here; tests pass those). ``seed``: an
     int or a DeviceSeed (``fp4compile.seeds``). The quantization axis is zero-padded to a multiple of ``pad_to``. ``uniforms`` (element, scale)
@@ -853,7 +858,7 @@ GEMM_FORMS = (*VALUE_FORMS, "fp4")
 
 
 def quantize_for_gemm(
-    x: torch.Tensor | QuantizedTensor,
+    x: torch.Tensor | list[torch.Tensor] | QuantizedTensor,
     quantizer: Quantizer,
     rotation: torch.Tensor | PreparedRotation | None,
     seed: Seed,
@@ -886,10 +891,55 @@ def quantize_for_gemm(
     return _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, tile)
 
 
+class _Block(NamedTuple):
+    """One launch's input: ``src`` read as ``[r, k]`` through its strides, at (row0, col0) of the whole tensor."""
+
+    src: torch.Tensor
+    stride_r: int
+    stride_k: int
+    r: int
+    k: int
+    row0: int
+    col0: int
+
+
+def _blocks(parts: list[torch.Tensor], transpose: bool, multiple: int) -> tuple[list[_Block], int, int]:
+    """The launches for column blocks ``[T, N_i]`` of a ``[T, N]`` tensor, and the whole tensor's (r, k) as quantized.
+
+    Read transposed (along T), block i is rows N_0 + ... + N_(i-1) onward of the result; read along the rows (along
+    N), it is columns from there, which must start at a multiple of the padding ``multiple`` (groups, rotation):
+    blocks that do not are concatenated first (one copy) and launched as one.
+    """
+    if any(p.dim() != 2 for p in parts) or len({p.shape[0] for p in parts}) != 1:
+        raise ValueError(f"quantize kernel: column blocks must be 2-D with equal rows, got shapes {[tuple(p.shape) for p in parts]}")
+    if len({(p.dtype, p.device) for p in parts}) != 1:
+        raise ValueError(f"quantize kernel: column blocks must share a dtype and device, got {[(p.dtype, str(p.device)) for p in parts]}")
+    t, n = parts[0].shape[0], sum(p.shape[1] for p in parts)
+    if not transpose and any(p.shape[1] % multiple for p in parts[:-1]):
+        parts = [torch.cat(parts, dim=1)]
+    blocks, off = [], 0
+    for p in parts:
+        if transpose:
+            blocks.append(_Block(p, p.stride(1), p.stride(0), p.shape[1], t, off, 0))
+        else:
+            blocks.append(_Block(p, p.stride(0), p.stride(1), t, p.shape[1], 0, off))
+        off += p.shape[1]
+    return blocks, (n, t) if transpose else (t, n)
+
+
+def _block_view(t: torch.Tensor, b: _Block, per: int) -> torch.Tensor:
+    """The part of a whole-tensor output (``per`` elements per stored column) that block ``b``'s launch writes."""
+    if t.numel() == 0:  # a placeholder: not written
+        return t
+    return t[b.row0:, b.col0 // per:] if t.dim() == 2 else t[b.row0:]
+
+
 def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, uniforms, tile):
     rule = RULES.get(quantizer.name)
     if rule is None:
         raise NotImplementedError(f"no Triton kernel for quantizer {quantizer.name!r}; it runs through the reference")
+    if isinstance(x, (list, tuple)) and len(x) == 1:
+        x = x[0]
     scaled = isinstance(x, QuantizedTensor)
     if scaled:  # re-quantization of a saved [Kq, R] tensor along R: its exact BF16 block values, read transposed
         from fp4compile.kernels.fold import block_values_bf16
@@ -897,38 +947,47 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         alpha_src = (x.tensor_scale.reshape(1).float() * x.factor).contiguous()
         x = block_values_bf16(x.codes, x.scales, x.group_size, e8m0=x.scale_format is ScaleFormat.E8M0)
         transpose = True
-    if x.dim() != 2:
-        raise ValueError(f"quantize kernel takes a 2-D tensor, got shape {tuple(x.shape)}")
-    r, k = (x.shape[1], x.shape[0]) if transpose else x.shape
-    stride_r, stride_k = (x.stride(1), x.stride(0)) if transpose else (x.stride(0), x.stride(1))
-    device, dense = x.device, x
-    dtype = x.dtype  # the scaled source is BF16 block values (exact), rotated before alpha is applied
-    if not scaled:
-        alpha_src = placeholder(torch.float32, device)  # read only with SCALED
     group = quantizer.group_size
     g = rotation_size(rotation)
     multiple = math.lcm(group, g or 1, 16, pad_to)
+    if isinstance(x, (list, tuple)):
+        blocks, (r, k) = _blocks(list(x), transpose, multiple)
+    else:
+        if x.dim() != 2:
+            raise ValueError(f"quantize kernel takes a 2-D tensor, got shape {tuple(x.shape)}")
+        r, k = (x.shape[1], x.shape[0]) if transpose else x.shape
+        stride_r, stride_k = (x.stride(1), x.stride(0)) if transpose else (x.stride(0), x.stride(1))
+        blocks = [_Block(x, stride_r, stride_k, r, k, 0, 0)]
+    device, dtype = blocks[0].src.device, blocks[0].src.dtype  # a scaled source is BF16 block values (exact), rotated before alpha is applied
+    if not scaled:
+        alpha_src = placeholder(torch.float32, device)  # read only with SCALED
     k_out = -(-k // multiple) * multiple
-    # the largest offsets the kernel forms: the input's last element (any strides) and the padded outputs' [r, k_out]
-    check_elements(max(r * k_out, (r - 1) * stride_r + (k - 1) * stride_k + 1), f"quantize kernel ({quantizer.name}, [{r}, {k}])")
-    trans_load = stride_r == 1 and stride_k != 1  # r is the contiguous axis: load [K, R] tiles
+    # the largest offsets the kernel forms: each input's last element (any strides) and the padded outputs' [r, k_out]
+    check_elements(max([r * k_out] + [(b.r - 1) * b.stride_r + (b.k - 1) * b.stride_k + 1 for b in blocks]),
+                   f"quantize kernel ({quantizer.name}, [{r}, {k}])")
     rows_multiple = 16 if rule.rule == NV_RTN16.value else 1  # its scales cover 16 x 16 blocks, which must not straddle programs
-    tile = Tile(*tile) if tile is not None else default_tile(g, trans_load, rows_multiple)
-    tile.check()
-    block_r, largest_k, num_warps, row_iters, _ = tile
-    if block_r % rows_multiple:
-        raise ValueError(f"quantize kernel: {quantizer.name} takes tiles of a multiple of {rows_multiple} rows; got block_r={block_r}")
-    block_k = _block_k(k_out, max(group, g, 16), max(largest_k, group, g, 16))
     h, rot_scale = device_rotation(rotation, device)
-    grid = (triton.cdiv(r, block_r * row_iters), k_out // block_k)
-    common = dict(SCALED=scaled, TRANS_LOAD=trans_load, G=g, PRECISION=_precision(dtype, device),
-                  BLOCK_R=block_r, BLOCK_K=block_k, ROW_ITERS=row_iters, num_warps=num_warps)
-    source = (dense, stride_r, stride_k, alpha_src, h, rot_scale)
+    launches = []  # per block: (block, its k_out, grid, common kernel arguments, tile)
+    for b in blocks:
+        trans_load = b.stride_r == 1 and b.stride_k != 1  # r is the contiguous axis: load [K, R] tiles
+        t = Tile(*tile) if tile is not None else default_tile(g, trans_load, rows_multiple)
+        t.check()
+        block_r, largest_k, num_warps, row_iters, _ = t
+        if block_r % rows_multiple or b.row0 % rows_multiple:
+            raise ValueError(f"quantize kernel: {quantizer.name} takes tiles and blocks of a multiple of {rows_multiple} rows; got "
+                             f"block_r={block_r}, a block at row {b.row0}")
+        b_k_out = k_out - (k - b.k) if b.col0 + b.k == k else b.k  # the last block along the rows takes the padding
+        block_k = _block_k(b_k_out, max(group, g, 16), max(largest_k, group, g, 16))
+        grid = (triton.cdiv(b.r, block_r * row_iters), b_k_out // block_k)
+        common = dict(SCALED=scaled, TRANS_LOAD=trans_load, G=g, PRECISION=_precision(dtype, device),
+                      BLOCK_R=block_r, BLOCK_K=block_k, ROW_ITERS=row_iters, num_warps=num_warps)
+        launches.append((b, b_k_out, grid, common, t))
     is_nv = quantizer.scale_format is ScaleFormat.E4M3
     amax = placeholder(torch.float32, device)  # MXFP4 rules never read it
     if is_nv:  # pre-pass: the (rotated) amax, from which the quantize kernel forms the tensor scale
         amax = torch.zeros(1, device=device, dtype=torch.float32)
-        stats_kernel[grid](*source, amax, r, k, **common, **_NO_FMA)
+        for b, _, grid, common, _ in launches:  # every block's into one amax: the tensor scale spans the whole tensor
+            stats_kernel[grid](b.src, b.stride_r, b.stride_k, alpha_src, h, rot_scale, amax, b.r, b.k, **common, **_NO_FMA)
     # the tensor scale (NVFP4; MXFP4's is 1, written only where the packed form keeps it) and NVFP4's alpha, each its own
     # tensor (they become op outputs), written by the kernel: no small torch ops per quantization
     write_s32 = is_nv or keep_packed
@@ -960,17 +1019,20 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     u_elem = u_elem.to(device).contiguous() if u_elem is not None else placeholder(torch.float32, device)
     u_scale = u_scale.to(device).contiguous() if u_scale is not None else placeholder(torch.float32, device)
     seed_ptr, seed_salt = kernel_seed(seed, device)
-    scratch = placeholder(torch.float32, device)
-    if is_nv and (g > 0 or rule.rule == NV_EDEN.value):  # per program: 3 floats per scale group of its tile (_to_group_per_thread)
-        scratch = torch.empty(grid[0] * grid[1] * 3 * block_r * (block_k // group), dtype=torch.float32, device=device)
-    quantize_kernel[grid](
-        *source, amax, s32, alpha_out, u_elem, u_scale, codes, scales, mask, blocked,
-        out_values, e_r, scratch,
-        r, k, k_out, seed_ptr, seed_salt, rule.val_max, rule.scales_max * rule.val_max, rule.inv_val_max, rule.inv_ts_den, quantizer.factor,
-        RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
-        WRITE_PACKED=write_packed, VALUES=values, WRITE_S32=write_s32, PLAIN_SCALES=plain_scales, BLOCKED_SCALES=native,
-        **common, **tile.compile_options(),
-    )
+    for b, b_k_out, grid, common, t in launches:  # each block into its slice of the outputs (row0 / col0 onward)
+        scratch = placeholder(torch.float32, device)
+        if is_nv and (g > 0 or rule.rule == NV_EDEN.value):  # per program: 3 floats per scale group of its tile (_to_group_per_thread)
+            scratch = torch.empty(grid[0] * grid[1] * 3 * common["BLOCK_R"] * (common["BLOCK_K"] // group), dtype=torch.float32, device=device)
+        quantize_kernel[grid](
+            b.src, b.stride_r, b.stride_k, alpha_src, h, rot_scale, amax, s32, alpha_out, u_elem, u_scale,
+            _block_view(codes, b, 2), _block_view(scales, b, group), _block_view(mask, b, 8), blocked,
+            _block_view(out_values, b, 1), _block_view(e_r, b, 1), scratch,
+            b.r, b.k, b_k_out, k_out, b.row0 * k_out + b.col0, seed_ptr, seed_salt,
+            rule.val_max, rule.scales_max * rule.val_max, rule.inv_val_max, rule.inv_ts_den, quantizer.factor,
+            RULE=rule.rule, SR=rule.stochastic, GROUP=group, HAS_U=has_u, WRITE_MASK=write_mask, CORR=group,
+            WRITE_PACKED=write_packed, VALUES=values, WRITE_S32=write_s32, PLAIN_SCALES=plain_scales, BLOCKED_SCALES=native,
+            **common, **t.compile_options(),
+        )
     # alpha = tensor scale * factor in float32, as the reference forms it (the kernel wrote NVFP4's); MXFP4's tensor
     # scale is 1, so its alpha is the factor alone, kept on the host (a 0-dim CPU tensor: no kernel, no copy)
     alpha = alpha_out if is_nv else host_factor(quantizer.factor)

@@ -8,7 +8,7 @@ with every operand written in the form the layout plan chose for its GEMM (lower
     output_gemm   row-wise scaled FP8 GEMM (cuBLAS) or BF16 GEMM with FP32 accumulation, then alpha + cast; on
                   the ``blackwell`` target, Blackwell's block-scaled FP4 GEMM where the plan's form is ``fp4``
                   (codes + 128x4 blocked scales, written by the same quantize launch; lowering/blackwell.py)
-    grad_input    E [T, N] along N and W^T along N (from the packed forward W read transposed, or from W),
+    grad_input    E [T, N] along N (its column blocks, a fused layer's parts, each into its slice) and W^T along N (from the packed forward W read transposed, or from W),
                   each straight into its GEMM form; GEMM; one epilogue pass: alpha, mask, inverse rotation, cast
     grad_weight   E^T along T and X^T along T, both read transposed by the kernel; GEMM; the same epilogue
 
@@ -57,6 +57,8 @@ def _operand(src, plan: OperandPlan, rotation: Rotation, m: PreparedRotation | N
             return values
         out, _ = kernel_quantize(src, q, m, seed, transpose=transpose, pad_to=plan.pad_to)
         return out
+    if isinstance(src, list):  # column blocks of E
+        src = src[0] if len(src) == 1 else torch.cat(src, dim=-1)
     dense = src.dequantize().t() if isinstance(src, QuantizedTensor) else (src.t() if transpose else src)
     pad = (-dense.shape[-1]) % plan.pad_to
     dense = torch.nn.functional.pad(dense.float(), (0, pad)) if pad else dense.float()
@@ -139,12 +141,15 @@ def _finish(acc: torch.Tensor, alpha, mask_bits: torch.Tensor | None, k: int, re
     return _epilogue(acc, alpha, mask, inverse, out_dtype)
 
 
-def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: Recipe, seed: Seed, out_dtype, kernel: str = "triton") -> torch.Tensor:
+def grad_input(grad: list[torch.Tensor], wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: Recipe, seed: Seed, out_dtype,
+               kernel: str = "triton") -> torch.Tensor:
+    """``grad``: E's column blocks [T, N_i] (one, or a fused layer's parts)."""
     spec = recipe.grad_input
-    plans = _plans(recipe, kernel, grad.device)
+    device = grad[0].device
+    plans = _plans(recipe, kernel, device)
     pe, pw = operand(plans, "grad_input", "grad_output"), operand(plans, "grad_input", "weight")
     rseed = ref.rotation_seed(seed, "backward")
-    m = prepare_rotation(spec.rotation, rseed, grad.device)  # one draw for both operands
+    m = prepare_rotation(spec.rotation, rseed, device)  # one draw for both operands
     # === GEMM 2: grad_input = Q(E R) @ Q(W^T R)^T   [T,N] @ [N,K] -> [T,K]
     e_q = _operand(grad, pe, spec.rotation, m, rseed, sub_seed(seed, "grad_input", "grad_output"))
     if recipe.weight_for_backward is Source.QUANTIZED and wq is not None and spec.b is None and spec.rotation.is_identity:
@@ -163,12 +168,15 @@ def grad_input(grad, wq: QuantizedTensor | None, w_hp, x_mask, k: int, recipe: R
     return _finish(acc, alpha, x_mask, k, recipe, seed, out_dtype)
 
 
-def grad_weight(grad, xq: QuantizedTensor | None, x_hp, w_mask, k: int, recipe: Recipe, seed: Seed, out_dtype, kernel: str = "triton") -> torch.Tensor:
+def grad_weight(grad: list[torch.Tensor], xq: QuantizedTensor | None, x_hp, w_mask, k: int, recipe: Recipe, seed: Seed, out_dtype,
+                kernel: str = "triton") -> torch.Tensor:
+    """``grad``: E's column blocks [T, N_i] (one, or a fused layer's parts), read transposed: rows of E^T."""
     spec = recipe.grad_weight
-    plans = _plans(recipe, kernel, grad.device)
+    device = grad[0].device
+    plans = _plans(recipe, kernel, device)
     pe, px = operand(plans, "grad_weight", "grad_output"), operand(plans, "grad_weight", "input")
     rseed = ref.rotation_seed(seed, "backward")
-    m = prepare_rotation(spec.rotation, rseed, grad.device)  # one draw for both operands
+    m = prepare_rotation(spec.rotation, rseed, device)  # one draw for both operands
     # === GEMM 3: grad_weight = Q(E^T R) @ Q(X^T R)^T   [N,T] @ [T,K] -> [N,K]
     e_q = _operand(grad, pe, spec.rotation, m, rseed, sub_seed(seed, "grad_weight", "grad_output"), transpose=True)
     x_seed = sub_seed(seed, "grad_weight", "input")

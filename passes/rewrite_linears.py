@@ -8,8 +8,13 @@ Per linear layer (x2d ``[T,K]``, B = permute(W) ``[K,N]``, E ``[T,N]``):
                                                                  and the GEMM-ready values when the plan says so
     wq...    = fp4compile.quantize(w,   recipe, "weight", ..., form)
     y        = fp4compile.output_gemm(xq..., wq...) (+ bias)    [T, N]    replaces the forward addmm/mm
-    dX       = fp4compile.grad_input(E, wq..., x_mask, ...)     [T, K]    replaces the grad_input mm
-    dW       = fp4compile.grad_weight(E, xq..., w_mask, ...)    [N, K]    replaces the grad_weight mm
+    dX       = fp4compile.grad_input([E], wq..., x_mask, ...)   [T, K]    replaces the grad_input mm
+    dW       = fp4compile.grad_weight([E], xq..., w_mask, ...)  [N, K]    replaces the grad_weight mm
+
+E goes to the backward ops as a list of column blocks: for a fused layer (passes/fuse_linears.py) autograd forms
+E as ``cat([E_q, E_k, E_v], -1)`` (the backward of the forward's split); the ops get the parts themselves, so that the
+concatenated gradient is never written (Inductor would lower that cat as one kernel evaluating every part's
+producer, measured at 1.7x-3.4x the parts' own kernels: docs/perf_notes.md, "The 1B step").
 
 Because the backward ops read the quantize outputs, the partitioner saves FP4 codes and scales for the
 backward instead of the high-precision activation (unless the recipe reads the high-precision X, as
@@ -49,7 +54,7 @@ class _Builder:
 
     def call(self, target, *args, like: fx.Node | None = None) -> fx.Node:
         node = self.graph.call_function(target, args)
-        fake_args = [a.meta["val"] if isinstance(a, fx.Node) else a for a in args]
+        fake_args = fx.node.map_arg(args, lambda a: a.meta["val"])
         if self.fake_mode is not None:
             with self.fake_mode:
                 node.meta["val"] = target(*fake_args)
@@ -72,6 +77,27 @@ class _Builder:
                     item.meta[key] = node.meta[key]
             out.append(item)
         return out
+
+
+_VIEWS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+
+
+def _grad_blocks(b: _Builder, grad: fx.Node) -> list[fx.Node]:
+    """E [T, N] as column blocks: ``[view(E_i, [T, N_i]) ...]`` when E is a view of a ``cat`` along the last dimension of
+    contiguous parts of static widths (a fused layer's gradient), else ``[E]``."""
+    cat = grad.args[0] if grad.op == "call_function" and grad.target in _VIEWS else None
+    if cat is None or not (isinstance(cat, fx.Node) and cat.op == "call_function" and cat.target == aten.cat.default):
+        return [grad]
+    parts, dim = cat.args[0], (cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0))
+    rank = cat.meta["val"].dim()
+    if dim % rank != rank - 1 or len(grad.args[1]) != 2:
+        return [grad]
+    vals = [p.meta.get("val") for p in parts]
+    if any(v is None or not isinstance(v.shape[-1], int) or not v.is_contiguous() for v in vals):
+        return [grad]
+    rows = grad.args[1][0]  # T: an int, or the node of a symbolic size
+    with b.graph.inserting_after(grad):
+        return [b.call(aten.view.default, p, [rows, v.shape[-1]], like=grad) for p, v in zip(parts, vals, strict=True)]
 
 
 def _forward_is_random(ctx: PassContext) -> bool:
@@ -119,12 +145,21 @@ def _rewrite_linear(gm: fx.GraphModule, ctx: PassContext, b: _Builder, fwd: Matm
         read = [x_mask] if x_mask is not None and any(s.role is Role.GRAD_INPUT for s in backward) else []
     fwd.bytes_saved_input = sum(hinted_nbytes(n.meta["val"]) for n in read)
     fwd.bytes_bf16_input = hinted_nbytes(fwd.a.meta["val"]) // fwd.a.meta["val"].element_size() * 2
+    blocks: dict[fx.Node, list[fx.Node]] = {}  # E -> its column blocks (one list for both backward GEMMs)
+
+    def grad_blocks(grad: fx.Node) -> list[fx.Node]:
+        if grad not in blocks:
+            blocks[grad] = _grad_blocks(b, grad)
+            if len(blocks[grad]) > 1:
+                ctx.counters["gradient_blocks"] += len(blocks[grad])
+        return blocks[grad]
+
     for site in backward:
         bnode = site.node
         out_dtype = bnode.meta["val"].dtype
         with b.graph.inserting_before(bnode):
             if site.role is Role.GRAD_INPUT:
-                grad = bnode.args[0]  # E [T, N]
+                grad = grad_blocks(bnode.args[0])  # E [T, N] as column blocks
                 w_parts = wq[:3] if w_quantized else [None, None, None]
                 w_hp = None if w_quantized else w
                 new = b.call(fp4.grad_input.default, grad, *w_parts, w_hp, x_mask, k, recipe.name, seed, out_dtype, site.kernel, like=bnode)
@@ -138,7 +173,7 @@ def _rewrite_linear(gm: fx.GraphModule, ctx: PassContext, b: _Builder, fwd: Matm
                     grad = e_t.args[0] if e_t.op == "call_function" and e_t.target == aten.permute.default else b.call(aten.permute.default, e_t, [1, 0], like=bnode)
                 x_parts = xq[:3] if x_quantized else [None, None, None]
                 x_hp = None if x_quantized else fwd.a
-                new = b.call(fp4.grad_weight.default, grad, *x_parts, x_hp, w_mask, k, recipe.name, seed, out_dtype, site.kernel, like=bnode)
+                new = b.call(fp4.grad_weight.default, grad_blocks(grad), *x_parts, x_hp, w_mask, k, recipe.name, seed, out_dtype, site.kernel, like=bnode)
                 if transposed:
                     new = b.call(aten.permute.default, new, [1, 0], like=bnode)
         bnode.replace_all_uses_with(new)

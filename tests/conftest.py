@@ -50,6 +50,6 @@ def run_linear_ops(x: torch.Tensor, w: torch.Tensor, e: torch.Tensor, recipe: st
     y = ops.output_gemm(*xq[:3], *wq[:3], recipe, torch.float32, kernel, *values)
     x_mask = xq[3] if xq[3].numel() else None
     w_mask = wq[3] if wq[3].numel() else None
-    dx = ops.grad_input(e, *wq[:3], w, x_mask, k, recipe, seed, torch.float32, kernel)
-    dw = ops.grad_weight(e, *xq[:3], x, w_mask, k, recipe, seed, torch.float32, kernel)
+    dx = ops.grad_input([e], *wq[:3], w, x_mask, k, recipe, seed, torch.float32, kernel)
+    dw = ops.grad_weight([e], *xq[:3], x, w_mask, k, recipe, seed, torch.float32, kernel)
     return xq, wq, y, dx, dw

@@ -1,7 +1,8 @@
 """Claims about fusing linear layers that share an input (passes/fuse_linears.py), on the CPU reference path:
 
 * Under a deterministic MXFP4 recipe (``mxfp4-rtn``) the fused model computes what the separate layers do: the
-  output, dX and every parameter's gradient (biases and an odd-sized k included) within FP32 summation order.
+  output, dX and every parameter's gradient (biases and an odd-sized k included) within FP32 summation order; the
+  backward ops get the parts' gradients as column blocks, not their concatenation.
 * Under ``quartet`` the forward is unchanged and the gradients carry the same quantization error against FP32
   autograd (other random rotations: statistically, not bit for bit).
 * ``fuse_linears="auto"`` fuses MXFP4 recipes, not NVFP4 ones (their tensor scales would span the fused layer);
@@ -43,7 +44,8 @@ def _run(model, x, **options):
     with recording() as records:
         y = torch.compile(m, backend="quartet", options=options)(xx)
         y.square().sum().backward()
-    return y.detach(), xx.grad, {n: p.grad for n, p in m.named_parameters()}, [f for r in records for f in r.fused]
+    blocks = sum(r.counters["gradient_blocks"] for r in records)  # E's column blocks handed to the backward ops
+    return y.detach(), xx.grad, {n: p.grad for n, p in m.named_parameters()}, [f for r in records for f in r.fused], blocks
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,7 @@ def test_fused_equals_separate_under_a_deterministic_recipe(block):
     sep = _run(model, x, recipe="mxfp4-rtn", fuse_linears=False)
     fused = _run(model, x, recipe="mxfp4-rtn", fuse_linears=True)
     assert sep[3] == [] and [(f.name, f.modules, f.out_features) for f in fused[3]] == [("q+k+v", ("q", "k", "v"), (64, 32, 64))]
+    assert (sep[4], fused[4]) == (0, 3)  # the backward ops read q's, k's and v's gradients, not their concatenation
     assert _rel(fused[0], sep[0]) < 1e-6 and _rel(fused[1], sep[1]) < 1e-6
     for name, grad in sep[2].items():
         assert _rel(fused[2][name], grad) < 1e-6, name

@@ -71,9 +71,9 @@ def test_ops_pass_opcheck():
         torch.library.opcheck(ops.output_gemm.default, (*xq[:3], *wq[:3], recipe, torch.float32, "reference"))
         grad = torch.randn(32, 48)
         mask_x = xq[3] if xq[3].numel() else None
-        torch.library.opcheck(ops.grad_input.default, (grad, *wq[:3], w, mask_x, 64, recipe, seed, torch.float32, "reference"))
+        torch.library.opcheck(ops.grad_input.default, ([grad], *wq[:3], w, mask_x, 64, recipe, seed, torch.float32, "reference"))
         mask_w = wq[3] if wq[3].numel() else None
-        torch.library.opcheck(ops.grad_weight.default, (grad, *xq[:3], x, mask_w, 64, recipe, seed, torch.float32, "reference"))
+        torch.library.opcheck(ops.grad_weight.default, ([grad], *xq[:3], x, mask_w, 64, recipe, seed, torch.float32, "reference"))
 
 
 def test_dump_env_writes_graphs(tmp_path, monkeypatch):

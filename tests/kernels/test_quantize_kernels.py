@@ -317,3 +317,51 @@ def test_tensors_past_int32_offsets_are_refused_with_the_fix():
             call()
     kq, _ = _kernel()(torch.randn(64, 64).to(DEV), f4.get_quantizer("mxfp4_rtn"), None, seed=0)  # small tensors pass
     assert kq.codes.shape == (64, 32)
+
+
+def _gemm_bytes(values) -> list[torch.Tensor]:
+    """A GEMM operand's tensors as CPU bytes (FP8 / BF16 values and row scales, or Blackwell's codes and blocked scales)."""
+    if hasattr(values, "scales_blocked"):
+        return [values.data.view(torch.uint8).cpu(), values.scales_blocked.view(torch.uint8).cpu(), values.alpha.reshape(1).cpu()]
+    out = [values.values.view(torch.uint8 if values.values.dtype == torch.float8_e4m3fn else torch.int16).cpu()]
+    return out + ([values.row_scale.cpu()] if values.row_scale is not None else [])
+
+
+@pytest.mark.parametrize("name,rotation,form,widths", [
+    ("mxfp4_tseng_rtn", "random_hadamard-32", "fp8", (64, 32, 96)),
+    ("mxfp4_tseng_sr", "random_hadamard-32", "fp8", (32, 64)),
+    ("mxfp4_quest", "hadamard-32", "fp4", (64, 32, 32)),  # Blackwell's blocked scales, each block at its place
+    ("nvfp4_sr", None, "bf16", (48, 16)),
+    ("nvfp4_ms_eden", "random_hadamard-128", "bf16", (128, 256)),
+    ("mxfp4_tseng_rtn", "random_hadamard-32", "fp8", (48, 80)),  # along the rows not on group boundaries: concatenated first
+])
+@pytest.mark.parametrize("transpose", [False, True], ids=["along_rows", "transposed"])
+def test_column_blocks_equal_the_concatenated_tensor(name, rotation, form, widths, transpose):
+    """E given as column blocks [T, N_i] (a fused layer's parts' gradients, never concatenated): each block's launch writes
+    its slice of one set of outputs, bit-identical to quantizing torch.cat(blocks): codes, scales, mask, GEMM values, row
+    scales (the FP8 fold's row exponents reduced over every block), blocked scales, tensor scale; stochastic draws are
+    keyed by the element's index in the whole tensor."""
+    from fp4compile.kernels.quantize import quantize_for_gemm
+
+    q = f4.get_quantizer(name)
+    _, m = _rot(rotation, 5)
+    t = 128 if rotation == "random_hadamard-128" else 48
+    blocks = [(torch.randn(t, n) * torch.logspace(-2, 2, n)[torch.randperm(n)]).to(DEV) for n in widths]
+    whole = torch.cat(blocks, dim=1)
+    runs = []
+    for src in (blocks, whole):
+        values, packed, mask = quantize_for_gemm(src, q, m, 23, form=form, keep_packed=True, transpose=transpose, pad_to=32)
+        runs.append(_gemm_bytes(values) + [packed.codes.cpu(), packed.scales.cpu(), packed.tensor_scale.reshape(1).cpu()]
+                    + ([mask.cpu()] if mask is not None else []))
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_column_blocks_must_share_rows_and_dtype():
+    from fp4compile.kernels.quantize import quantize
+
+    q = f4.get_quantizer("mxfp4_rtn")
+    with pytest.raises(ValueError, match="equal rows"):
+        quantize([torch.randn(8, 32, device=DEV), torch.randn(16, 32, device=DEV)], q, None, 0)
+    with pytest.raises(ValueError, match="share a dtype"):
+        quantize([torch.randn(8, 32, device=DEV), torch.randn(8, 32, device=DEV).bfloat16()], q, None, 0)

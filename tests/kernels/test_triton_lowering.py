@@ -88,3 +88,25 @@ def test_rotation_matrices_formed_on_the_device_equal_the_reference():
     fixed = parse_rotation("hadamard-32")
     assert prepare_rotation(fixed, None, dev).h is prepare_rotation(fixed, 7, dev).h
     assert prepare_rotation(parse_rotation("none"), 5, dev) is None
+
+
+@pytest.mark.parametrize("recipe", ["quartet", "quartet2"])
+def test_backward_ops_take_a_fused_layers_parts(recipe):
+    """grad_input / grad_weight given E as column blocks (a fused layer's parts' gradients) return what they return for
+    the concatenated E, bit for bit: the kernels write each block into its slice of the same operands (NVFP4's tensor
+    scale taken over every block)."""
+    ops = torch.ops.fp4compile
+    torch.manual_seed(0)
+    t, k, widths = 64, 64, (64, 32, 96)
+    x, w = torch.randn(t, k, device=DEV), torch.randn(sum(widths), k, device=DEV) / k**0.5
+    parts = [torch.randn(t, n, device=DEV) * (i + 1) for i, n in enumerate(widths)]
+    seed = torch.tensor(5, dtype=torch.int64)
+    xq = ops.quantize(x, recipe, "input", seed, 0, "triton", "packed")
+    wq = ops.quantize(w, recipe, "weight", seed, 0, "triton", "packed")
+    x_mask, w_mask = (q[3] if q[3].numel() else None for q in (xq, wq))
+    results = []
+    for grad in (parts, [torch.cat(parts, dim=1)]):
+        results.append((ops.grad_input(grad, *wq[:3], w, x_mask, k, recipe, seed, torch.float32, "triton"),
+                        ops.grad_weight(grad, *xq[:3], x, w_mask, k, recipe, seed, torch.float32, "triton")))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
