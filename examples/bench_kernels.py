@@ -125,6 +125,28 @@ def _epilogue_sweep(rows: int, cols: int, rounds: int, bench) -> None:
         print(f"| {label} | " + " | ".join(f"{med[t]:.3f}" for t in fns) + " |", flush=True)
 
 
+FOLD_TILES = [(32, 256, 4), (32, 256, 8), (64, 256, 4), (64, 256, 8), (16, 512, 4), (32, 512, 4), (32, 512, 8), (64, 512, 8),
+              (16, 1024, 4), (32, 1024, 8), (128, 256, 8), (8, 1024, 4)]
+
+
+def _fold_sweep(rows: int, cols: int, rounds: int, bench) -> None:
+    """The FP8 fold (kernels/fold.py) of packed MXFP4 codes [rows, cols / 2] under every FOLD_TILES tile (reads 0.53 B, writes 1 B
+    per element), against the launcher's choice."""
+    from fp4compile.kernels.fold import fold_mxfp4_fp8
+    from fp4compile.kernels.rotate_quantize import _NO_ROW_EXP
+
+    q = f4.get_quantizer("mxfp4_tseng_rtn").quantize(torch.randn(rows, cols, device="cuda"))
+    e_r = torch.full((rows,), _NO_ROW_EXP.value, dtype=torch.int32, device="cuda")
+    tiles = [None] + [t for t in FOLD_TILES if cols % t[1] == 0]
+    fns = {t: functools.partial(fold_mxfp4_fp8, q.codes, q.scales, e_r, tile=t) for t in tiles}
+    runs = [{t: bench(fn, return_mode="median") for t, fn in fns.items()} for _ in range(rounds)]
+    med = {t: sorted(r[t] for r in runs)[rounds // 2] for t in fns}
+    nbytes = rows * cols * (0.5 + 1 / 32 + 1)
+    print(f"FP8 fold of [{rows}, {cols}] (ms, TB/s; rows x elements / warps)\n| tile | ms | TB/s |\n|---|---:|---:|")
+    for t, ms in med.items():
+        print(f"| {'launcher' if t is None else 'x'.join(map(str, t[:2])) + f'/{t[2]}'} | {ms:.3f} | {nbytes / ms / 1e9:.2f} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=16384)
@@ -137,6 +159,7 @@ def main() -> None:
     p.add_argument("--graphs", action="store_true",
                    help="time CUDA-graph replays (as training with cudagraphs=True runs them): GPU time without the host's launch cost")
     p.add_argument("--epilogue", action="store_true", help="also time the backward GEMMs' epilogue under every tile (EPILOGUE_TILES)")
+    p.add_argument("--fold", action="store_true", help="also time the FP8 fold under every tile (FOLD_TILES)")
     p.add_argument("--once", action="store_true",
                    help="run each case once between cudaProfilerStart/Stop, no timing (for `ncu --profile-from-start off`)")
     args = p.parse_args()
@@ -180,6 +203,8 @@ def main() -> None:
         _sweep(x, args.repeat, cases, tiles, bench)
     if args.epilogue:
         _epilogue_sweep(args.rows, args.cols, args.repeat, bench)
+    if args.fold:
+        _fold_sweep(args.rows, args.cols, args.repeat, bench)
 
 
 if __name__ == "__main__":

@@ -160,13 +160,14 @@ def _block_k(k: int) -> int:
 
 
 def fold_mxfp4_fp8(codes: torch.Tensor, scales: torch.Tensor, row_exponents: torch.Tensor | None = None, *, group_size: int = 32,
-                   counter: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   counter: torch.Tensor | None = None, tile: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """codes u8 [M, K/2], E8M0 scales u8 [M, K/32] -> (a8 e4m3 [M, K], row_scale f32 [M, 1]), in one launch.
 
     ``row_exponents`` (int32 [M]): each row's E_r, ``-1000`` for a row without a live group; the quantize kernel
     finds them as it writes the codes (``quantize_for_gemm``). Without them they are computed here from the codes
     by the torch twin's ``hopper_gemm.row_exponents``. The unfoldable groups are added to ``counter`` (int64 [1];
-    default: the device's fold counter, ``hopper_gemm.fold_stats``).
+    default: the device's fold counter, ``hopper_gemm.fold_stats``). ``tile`` (rows, elements, warps) overrides
+    (FOLD_BLOCK_M, the largest of 256 / 128 / 64 / 32 dividing K, FOLD_WARPS) (benchmarks' sweeps).
     """
     m, k = codes.shape[0], codes.shape[1] * 2
     check_elements(m * k, f"FP8 fold [{m}, {k}]")
@@ -180,9 +181,11 @@ def fold_mxfp4_fp8(codes: torch.Tensor, scales: torch.Tensor, row_exponents: tor
         counter = unfoldable_counter(codes.device)
     out = torch.empty(m, k, dtype=torch.uint8, device=codes.device)
     row_scale = torch.empty(m, 1, dtype=torch.float32, device=codes.device)
-    block_k = _block_k(k)
-    fold_kernel[(triton.cdiv(m, FOLD_BLOCK_M), k // block_k)](codes.contiguous().view(torch.int16), scales.contiguous(), row_exponents, out.view(torch.int32), row_scale, counter, m, k,
-                                                               BLOCK_M=FOLD_BLOCK_M, BLOCK_K=block_k, GROUP=group_size, num_warps=FOLD_WARPS)
+    block_m, block_k, warps = tile if tile is not None else (FOLD_BLOCK_M, _block_k(k), FOLD_WARPS)
+    if k % block_k or block_k % group_size:
+        raise ValueError(f"FP8 fold: a tile of {block_k} elements must divide K = {k} and be a multiple of the group size {group_size}")
+    fold_kernel[(triton.cdiv(m, block_m), k // block_k)](codes.contiguous().view(torch.int16), scales.contiguous(), row_exponents, out.view(torch.int32), row_scale, counter, m, k,
+                                                         BLOCK_M=block_m, BLOCK_K=block_k, GROUP=group_size, num_warps=warps)
     return out.view(torch.float8_e4m3fn), row_scale
 
 

@@ -38,6 +38,21 @@ def test_fold_kernel_matches_torch_twin(name):
     assert count.item() == n_unfoldable > 0
 
 
+@pytest.mark.parametrize("tile", [(16, 256, 4), (64, 128, 8), (8, 64, 2)])
+def test_fold_kernel_tile_is_a_speed_choice_only(tile):
+    """Every tile (benchmarks' sweeps: bench_kernels.py --fold) writes the same bytes, row scales and count as the twin."""
+    from fp4compile.kernels.fold import fold_mxfp4_fp8
+
+    q = f4.get_quantizer("mxfp4_tseng_rtn").quantize(_data())
+    count = torch.zeros(1, dtype=torch.int64, device=DEV)
+    a8, row_scale = fold_mxfp4_fp8(q.codes.to(DEV), q.scales.to(DEV), counter=count, tile=tile)
+    r8, r_row_scale, n_unfoldable = hg.fold_mxfp4_fp8(q.codes, q.scales)
+    assert torch.equal(a8.view(torch.uint8).cpu(), r8.view(torch.uint8)) and torch.equal(row_scale.cpu(), r_row_scale)
+    assert count.item() == n_unfoldable > 0
+    with pytest.raises(ValueError, match="must divide K"):
+        fold_mxfp4_fp8(q.codes.to(DEV), q.scales.to(DEV), tile=(32, 96, 4))
+
+
 def test_fold_kernel_crafted_groups():
     """Groups a quantizer rarely writes: far below E_r with and without a nonzero code (only the first counts as
     unfoldable), scale byte 0 with nonzero codes (not live for E_r, but unfoldable: its values fold to 0), a NaN
