@@ -110,13 +110,13 @@ def _compile(kernel, constexprs: dict, types: dict, capability: int, *, as_launc
 
 def compile_fold(capability: int, *, as_launched: bool = False):
     """The FP8 fold kernel as the launcher runs it at K = 4096: (compiled kernel, (BLOCK_M, BLOCK_K, warps))."""
-    from fp4compile.kernels.fold import FOLD_BLOCK_M, FOLD_WARPS, _block_k, fold_kernel
+    from fp4compile.kernels.fold import fold_kernel, fold_tile
 
-    block_k = _block_k(4096)
+    block_m, block_k, warps = fold_tile(4096)
     types = {"codes_ptr": "*i16", "scales_ptr": "*u8", "out_ptr": "*i32", "er_ptr": "*i32", "rs_ptr": "*fp32", "count_ptr": "*i64"}
-    kernel = _compile(fold_kernel, dict(BLOCK_M=FOLD_BLOCK_M, BLOCK_K=block_k, GROUP=32), types, capability, as_launched=as_launched,
-                      num_warps=FOLD_WARPS)
-    return kernel, (FOLD_BLOCK_M, block_k, FOLD_WARPS)
+    kernel = _compile(fold_kernel, dict(BLOCK_M=block_m, BLOCK_K=block_k, GROUP=32), types, capability, as_launched=as_launched,
+                      num_warps=warps)
+    return kernel, (block_m, block_k, warps)
 
 
 def compile_epilogues(capability: int, *, as_launched: bool = False):

@@ -5,7 +5,7 @@
   ``q * 2^(e_g - E_r + 6)`` (exact in E4M3 while e_g >= E_r - 14; below that rounded to nearest and
   counted) and the row scale is ``2^(E_r - 6)``. E_r comes from the quantize kernel, which finds it (an atomic
   maximum per row) while it writes the codes: the fold is then one pass over the packed codes (0.53 bytes read,
-  1 written per element), 9 static SASS instructions per element against the 25 of the pre-pass over the input it
+  1 written per element), 8-9 static SASS instructions per element against the 25 of the pre-pass over the input it
   replaced (``python -m fp4compile.kernels.instruction_count``).
 * ``block_values_bf16``: NVFP4 (codes + E4M3 scales) -> BF16 ``q * s8`` (exact: 6 significant bits at most), or
   MXFP4 (E8M0 scales) -> BF16 ``q * 2^e`` (exact): what the BF16 GEMM multiplies, and what the backward's
@@ -24,7 +24,6 @@ import triton.language as tl
 from fp4compile.kernels.rotate_quantize import _NO_ROW_EXP, INTERPRETED, _e2m1_value, _e4m3_from_byte, _pow2, check_elements
 
 _INTERPRETED = tl.constexpr(INTERPRETED)  # Triton's CPU interpreter runs no inline PTX
-FOLD_BLOCK_M, FOLD_WARPS = 32, 4  # the fold's tile: 32 rows x up to 256 elements, 4 warps
 
 
 @triton.jit
@@ -159,6 +158,14 @@ def _block_k(k: int) -> int:
     raise ValueError(f"fold kernels need K to be a multiple of 32, got {k}")
 
 
+def fold_tile(k: int) -> tuple[int, int, int]:
+    """The fold's tile (rows, elements, warps) for rows of k elements: 32 x 512 / 8 warps where 512 divides k, else 32 x the
+    largest of 256 / 128 / 64 / 32 dividing k / 4 warps. Session 13's sweep (``bench_kernels.py --graphs --fold``, H200,
+    32768 rows): 32 x 512 / 8 took 0.183 ms against 0.197 for 32 x 256 / 4 at k = 11264, 0.032 against 0.035 at k = 2048
+    (2.9 -> 3.1-3.2 TB/s); twelve tiles within 0.183-0.219 ms."""
+    return (32, 512, 8) if k % 512 == 0 else (32, _block_k(k), 4)
+
+
 def fold_mxfp4_fp8(codes: torch.Tensor, scales: torch.Tensor, row_exponents: torch.Tensor | None = None, *, group_size: int = 32,
                    counter: torch.Tensor | None = None, tile: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """codes u8 [M, K/2], E8M0 scales u8 [M, K/32] -> (a8 e4m3 [M, K], row_scale f32 [M, 1]), in one launch.
@@ -167,7 +174,7 @@ def fold_mxfp4_fp8(codes: torch.Tensor, scales: torch.Tensor, row_exponents: tor
     finds them as it writes the codes (``quantize_for_gemm``). Without them they are computed here from the codes
     by the torch twin's ``hopper_gemm.row_exponents``. The unfoldable groups are added to ``counter`` (int64 [1];
     default: the device's fold counter, ``hopper_gemm.fold_stats``). ``tile`` (rows, elements, warps) overrides
-    (FOLD_BLOCK_M, the largest of 256 / 128 / 64 / 32 dividing K, FOLD_WARPS) (benchmarks' sweeps).
+    :func:`fold_tile` (benchmarks' sweeps).
     """
     m, k = codes.shape[0], codes.shape[1] * 2
     check_elements(m * k, f"FP8 fold [{m}, {k}]")
@@ -181,7 +188,7 @@ def fold_mxfp4_fp8(codes: torch.Tensor, scales: torch.Tensor, row_exponents: tor
         counter = unfoldable_counter(codes.device)
     out = torch.empty(m, k, dtype=torch.uint8, device=codes.device)
     row_scale = torch.empty(m, 1, dtype=torch.float32, device=codes.device)
-    block_m, block_k, warps = tile if tile is not None else (FOLD_BLOCK_M, _block_k(k), FOLD_WARPS)
+    block_m, block_k, warps = tile if tile is not None else fold_tile(k)
     if k % block_k or block_k % group_size:
         raise ValueError(f"FP8 fold: a tile of {block_k} elements must divide K = {k} and be a multiple of the group size {group_size}")
     fold_kernel[(triton.cdiv(m, block_m), k // block_k)](codes.contiguous().view(torch.int16), scales.contiguous(), row_exponents, out.view(torch.int32), row_scale, counter, m, k,
