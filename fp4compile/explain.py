@@ -138,6 +138,8 @@ class Report:
         if fused:
             parts.append("fused linear layers (option fuse_linears):")
             parts += [f"  {line}" for line in fused]
+            if c.get("gradient_blocks"):
+                parts.append(f"  backward: their parts' gradients go to the grad GEMMs as {c['gradient_blocks']} column blocks, never concatenated")
         for plans, keys in self.layout().items():
             parts.append(f"layout plan ({len(keys)} linear{'s' if len(keys) > 1 else ''}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}):")
             parts += [f"  {p.describe()}" for p in plans]

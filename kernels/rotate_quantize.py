@@ -903,19 +903,20 @@ class _Block(NamedTuple):
     col0: int
 
 
-def _blocks(parts: list[torch.Tensor], transpose: bool, multiple: int) -> tuple[list[_Block], int, int]:
+def _blocks(parts: list[torch.Tensor], transpose: bool, multiple: int, rows_multiple: int) -> tuple[list[_Block], tuple[int, int]]:
     """The launches for column blocks ``[T, N_i]`` of a ``[T, N]`` tensor, and the whole tensor's (r, k) as quantized.
 
-    Read transposed (along T), block i is rows N_0 + ... + N_(i-1) onward of the result; read along the rows (along
-    N), it is columns from there, which must start at a multiple of the padding ``multiple`` (groups, rotation):
-    blocks that do not are concatenated first (one copy) and launched as one.
+    Read transposed (along T), block i is rows N_0 + ... + N_(i-1) onward of the result, which must start at a multiple
+    of ``rows_multiple`` (the rule's row tiles); read along the rows (along N), it is columns from there, which must start
+    at a multiple of the padding ``multiple`` (groups, rotation). Blocks that do not are concatenated first (one copy) and
+    launched as one.
     """
     if any(p.dim() != 2 for p in parts) or len({p.shape[0] for p in parts}) != 1:
         raise ValueError(f"quantize kernel: column blocks must be 2-D with equal rows, got shapes {[tuple(p.shape) for p in parts]}")
     if len({(p.dtype, p.device) for p in parts}) != 1:
         raise ValueError(f"quantize kernel: column blocks must share a dtype and device, got {[(p.dtype, str(p.device)) for p in parts]}")
     t, n = parts[0].shape[0], sum(p.shape[1] for p in parts)
-    if not transpose and any(p.shape[1] % multiple for p in parts[:-1]):
+    if any(p.shape[1] % (rows_multiple if transpose else multiple) for p in parts[:-1]):
         parts = [torch.cat(parts, dim=1)]
     blocks, off = [], 0
     for p in parts:
@@ -950,8 +951,9 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     group = quantizer.group_size
     g = rotation_size(rotation)
     multiple = math.lcm(group, g or 1, 16, pad_to)
+    rows_multiple = 16 if rule.rule == NV_RTN16.value else 1  # its scales cover 16 x 16 blocks, which must not straddle programs
     if isinstance(x, (list, tuple)):
-        blocks, (r, k) = _blocks(list(x), transpose, multiple)
+        blocks, (r, k) = _blocks(list(x), transpose, multiple, rows_multiple)
     else:
         if x.dim() != 2:
             raise ValueError(f"quantize kernel takes a 2-D tensor, got shape {tuple(x.shape)}")
@@ -965,7 +967,6 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     # the largest offsets the kernel forms: each input's last element (any strides) and the padded outputs' [r, k_out]
     check_elements(max([r * k_out] + [(b.r - 1) * b.stride_r + (b.k - 1) * b.stride_k + 1 for b in blocks]),
                    f"quantize kernel ({quantizer.name}, [{r}, {k}])")
-    rows_multiple = 16 if rule.rule == NV_RTN16.value else 1  # its scales cover 16 x 16 blocks, which must not straddle programs
     h, rot_scale = device_rotation(rotation, device)
     launches = []  # per block: (block, its k_out, grid, common kernel arguments, tile)
     for b in blocks:
@@ -973,9 +974,8 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         t = Tile(*tile) if tile is not None else default_tile(g, trans_load, rows_multiple)
         t.check()
         block_r, largest_k, num_warps, row_iters, _ = t
-        if block_r % rows_multiple or b.row0 % rows_multiple:
-            raise ValueError(f"quantize kernel: {quantizer.name} takes tiles and blocks of a multiple of {rows_multiple} rows; got "
-                             f"block_r={block_r}, a block at row {b.row0}")
+        if block_r % rows_multiple:
+            raise ValueError(f"quantize kernel: {quantizer.name} takes tiles of a multiple of {rows_multiple} rows; got block_r={block_r}")
         b_k_out = k_out - (k - b.k) if b.col0 + b.k == k else b.k  # the last block along the rows takes the padding
         block_k = _block_k(b_k_out, max(group, g, 16), max(largest_k, group, g, 16))
         grid = (triton.cdiv(b.r, block_r * row_iters), b_k_out // block_k)

@@ -97,6 +97,7 @@ def test_what_auto_fuses_and_what_explain_says(block):
     report = str(fp4compile.explain(model, x, recipe="quartet"))
     assert "q+k+v: q, k, v share their input: one linear of 160 = 64 + 32 + 64 outputs" in report
     assert "q+k+v   grad_weight  160x64" in report
+    assert "their parts' gradients go to the grad GEMMs as 3 column blocks, never concatenated" in report
 
 
 class Regions(nn.Module):

@@ -334,6 +334,7 @@ def _gemm_bytes(values) -> list[torch.Tensor]:
     ("nvfp4_sr", None, "bf16", (48, 16)),
     ("nvfp4_ms_eden", "random_hadamard-128", "bf16", (128, 256)),
     ("mxfp4_tseng_rtn", "random_hadamard-32", "fp8", (48, 80)),  # along the rows not on group boundaries: concatenated first
+    ("nvfp4_rtn_16x16", None, "bf16", (24, 40)),  # transposed, block rows not on its 16-row tiles: concatenated first
 ])
 @pytest.mark.parametrize("transpose", [False, True], ids=["along_rows", "transposed"])
 def test_column_blocks_equal_the_concatenated_tensor(name, rotation, form, widths, transpose):
