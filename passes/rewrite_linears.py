@@ -83,19 +83,22 @@ _VIEWS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
 
 
 def _grad_blocks(b: _Builder, grad: fx.Node) -> list[fx.Node]:
-    """E [T, N] as column blocks: ``[view(E_i, [T, N_i]) ...]`` when E is a view of a ``cat`` along the last dimension of
-    contiguous parts of static widths (a fused layer's gradient), else ``[E]``."""
-    cat = grad.args[0] if grad.op == "call_function" and grad.target in _VIEWS else None
-    if cat is None or not (isinstance(cat, fx.Node) and cat.op == "call_function" and cat.target == aten.cat.default):
+    """E [T, N] as column blocks when it is a ``cat`` along the last dimension (a fused layer's gradient), else ``[E]``: the
+    parts themselves for a 2-D cat, ``[view(E_i, [T, N_i]) ...]`` for a view of a batched one (parts contiguous, static widths)."""
+    viewed = grad.op == "call_function" and grad.target in _VIEWS and len(grad.args[1]) == 2
+    cat = grad.args[0] if viewed else grad
+    if not (isinstance(cat, fx.Node) and cat.op == "call_function" and cat.target == aten.cat.default):
         return [grad]
     parts, dim = cat.args[0], (cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0))
     rank = cat.meta["val"].dim()
-    if dim % rank != rank - 1 or len(grad.args[1]) != 2:
+    if dim % rank != rank - 1 or (not viewed and rank != 2):
         return [grad]
+    if not viewed:  # the kernels read any strides
+        return list(parts)
     vals = [p.meta.get("val") for p in parts]
     if any(v is None or not isinstance(v.shape[-1], int) or not v.is_contiguous() for v in vals):
         return [grad]
-    rows = grad.args[1][0]  # T: an int, or the node of a symbolic size
+    rows = grad.args[1][0]  # T: an int, -1, or the node of a symbolic size
     with b.graph.inserting_after(grad):
         return [b.call(aten.view.default, p, [rows, v.shape[-1]], like=grad) for p, v in zip(parts, vals, strict=True)]
 

@@ -186,3 +186,24 @@ def test_the_pass_is_idempotent(block):
 def test_bad_option_value():
     with pytest.raises(ValueError, match="'fuse_linears' takes 'auto', True or False"):
         parse_options({"fuse_linears": "yes"})
+
+
+class Flat(nn.Module):
+    """Two layers reading one 2-D input: the fused layer's gradient is a cat of 2-D parts, with no view between."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 64, bias=False), nn.Linear(64, 32, bias=False)
+
+    def forward(self, x):
+        return torch.tanh(self.a(x))[:, :32] * self.b(x)
+
+
+def test_two_dimensional_parts_reach_the_backward_as_blocks():
+    torch.manual_seed(0)
+    model, x = Flat(), torch.randn(16, 64)
+    sep = _run(model, x, recipe="mxfp4-rtn", fuse_linears=False)
+    fused = _run(model, x, recipe="mxfp4-rtn", fuse_linears=True)
+    assert [f.name for f in fused[3]] == ["a+b"] and fused[4] == 2
+    for name, grad in sep[2].items():
+        assert _rel(fused[2][name], grad) < 1e-6, name
