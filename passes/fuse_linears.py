@@ -7,7 +7,9 @@ of X^T along T, its own grad_input epilogue (mask, inverse rotation, cast) and a
     W = cat([W_q, W_k, W_v])  [N_q+N_k+N_v, K]      y = x W^T  [T, N_q+N_k+N_v]      y_q, y_k, y_v = split(y)
 
 and autograd derives one grad_input GEMM ``dX = E W`` (E = cat of the three gradients, the sum over N inside
-the GEMM's FP32 accumulation) and one grad_weight GEMM whose rows are the three weights' gradients.
+the GEMM's FP32 accumulation) and one grad_weight GEMM whose rows are the three weights' gradients. The rewrite
+pass hands the backward ops the three gradients as column blocks of E, which the kernels quantize in place:
+the concatenated E is never written (passes/rewrite_linears.py).
 
 Numerics: with MXFP4 quantizers (no per-tensor scale) every group of the fused operands is a group of one of
 the separate ones when each N_i is a multiple of the backward's groups and rotation size, so the fused

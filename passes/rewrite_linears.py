@@ -14,7 +14,7 @@ Per linear layer (x2d ``[T,K]``, B = permute(W) ``[K,N]``, E ``[T,N]``):
 E goes to the backward ops as a list of column blocks: for a fused layer (passes/fuse_linears.py) autograd forms
 E as ``cat([E_q, E_k, E_v], -1)`` (the backward of the forward's split); the ops get the parts themselves, so that the
 concatenated gradient is never written (Inductor would lower that cat as one kernel evaluating every part's
-producer, measured at 1.7x-3.4x the parts' own kernels: docs/perf_notes.md, "The 1B step").
+producer, measured at 1.7x-3.2x the parts' own kernels: docs/perf_notes.md, "The 1B step").
 
 Because the backward ops read the quantize outputs, the partitioner saves FP4 codes and scales for the
 backward instead of the high-precision activation (unless the recipe reads the high-precision X, as
