@@ -18,6 +18,7 @@
 #                                        # --epilogue; KERNELS_S seconds), bench_linear --cudagraphs (RECIPES: quartet,nvidia)
 #   bash scripts/device_check.sh tables  # bench_linear --cudagraphs (7B shapes), then bench_train --cudagraphs (1B; RECIPES + float8 rowwise)
 #   bash scripts/device_check.sh speed   # kernel bandwidth (3 interleaved rounds), then the 1B step of every recipe + float8 row-wise, CUDA graphs
+#   bash scripts/device_check.sh step1b  # the 1B table (quartet fused / unfused, float8 row-wise), then quartet's step by kernel and operand
 #   bash scripts/device_check.sh multigpu  # (2 GPUs) 20m quartet: 1 GPU, another seed, DDP and FSDP2 on 2, compared
 #   bash scripts/device_check.sh ncu     # kernel bandwidth, then Nsight Compute counters of every quantize launch (one each)
 #   bash scripts/device_check.sh seeds   # (2 GPUs) 20m quartet: 4 seeds on 1 GPU (two at a time), 2 (DDP_SEEDS) under DDP on 2, final val losses compared
@@ -139,6 +140,14 @@ case "${1:-tests}" in
       timeout 100 python3 examples/train.py --size 20m --recipe $r --steps 60 --batch 128 --seq 256 --eval-every 60 --log-every 20 \
         --cudagraphs --out /tmp/probe_$r 2>&1 | grep -v -i warn | tr '\r' '\n' | grep -E "tok/s|step 60|val" | tail -3 | tee -a "$OUT/probe.log"
     done
+    ;;
+  step1b)  # the 1B step: GPU tests named in TESTS, the throughput table (quartet fused and unfused, float8 row-wise), then where
+           # quartet's step goes, our kernels by grid (operand); session 13's call, ~450 s on a fresh machine
+    [ -n "${TESTS:-}" ] && timeout ${TESTS_S:-150} python3 -m pytest -q -p no:cacheprovider $TESTS 2>&1 | tail -3 | tee "$OUT/pytest.log"
+    timeout ${TRAIN_S:-300} python3 examples/bench_train.py --cudagraphs --recipes quartet --unfused --float8 rowwise --warmup 3 --steps 5 \
+      --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -9
+    timeout ${PROFILE_S:-250} python3 examples/profile_train.py --size 1b --batch 16 --seq 2048 --recipes quartet --steps 3 --top 16 \
+      --by-grid quantize_kernel,fold_kernel,epilogue_h32_kernel,bf16_values_kernel,triton_ 2>&1 | grep -v -i warn | tee "$OUT/profile.log" | head -60
     ;;
   multigpu)  # the same global batch on 1 and 2 GPUs (DDP, FSDP2), with a second seed as the noise yardstick
     common="--size 20m --recipe quartet --steps ${STEPS:-300} --batch 64 --seq 256 --eval-every 100 --log-every 100"
