@@ -189,6 +189,12 @@ def _(x_codes, x_scales, x_tscale, w_codes, w_scales, w_tscale, recipe, out_dtyp
 # --------------------------------------------------------------------------------------------
 
 
+def _check_blocks(grad: list[Tensor], op: str) -> None:
+    if not grad or any(g.dim() != 2 or g.shape[0] != grad[0].shape[0] for g in grad):
+        raise ValueError(f"fp4compile::{op}: grad must be a non-empty list of 2-D column blocks [T, N_i] of E with one T, "
+                         f"got shapes {[tuple(g.shape) for g in grad]}")
+
+
 def _whole(grad: list[Tensor]) -> Tensor:
     """E [T, N] from its column blocks [T, N_i]."""
     return grad[0] if len(grad) == 1 else torch.cat(grad, dim=-1)
@@ -208,6 +214,7 @@ def grad_input(
     out_dtype: torch.dtype,
     kernel: str,
 ) -> Tensor:
+    _check_blocks(grad, "grad_input")
     r = get_recipe(recipe)
     wq = _unflatten(r, r.output.b, w_codes, w_scales, w_tscale)
     if (impl := _lowered(kernel)) is not None:
@@ -219,6 +226,7 @@ def grad_input(
 
 @grad_input.register_fake
 def _(grad, w_codes, w_scales, w_tscale, w_hp, x_mask, k, recipe, seed, out_dtype, kernel):
+    _check_blocks(grad, "grad_input")
     return grad[0].new_empty((grad[0].shape[0], k), dtype=out_dtype)
 
 
@@ -236,6 +244,7 @@ def grad_weight(
     out_dtype: torch.dtype,
     kernel: str,
 ) -> Tensor:
+    _check_blocks(grad, "grad_weight")
     r = get_recipe(recipe)
     xq = _unflatten(r, r.output.a, x_codes, x_scales, x_tscale)
     if (impl := _lowered(kernel)) is not None:
@@ -247,4 +256,5 @@ def grad_weight(
 
 @grad_weight.register_fake
 def _(grad, x_codes, x_scales, x_tscale, x_hp, w_mask, k, recipe, seed, out_dtype, kernel):
+    _check_blocks(grad, "grad_weight")
     return grad[0].new_empty((sum(g.shape[1] for g in grad), k), dtype=out_dtype)

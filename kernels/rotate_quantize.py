@@ -911,7 +911,7 @@ def _blocks(parts: list[torch.Tensor], transpose: bool, multiple: int, rows_mult
     at a multiple of the padding ``multiple`` (groups, rotation). Blocks that do not are concatenated first (one copy) and
     launched as one.
     """
-    if any(p.dim() != 2 for p in parts) or len({p.shape[0] for p in parts}) != 1:
+    if not parts or any(p.dim() != 2 for p in parts) or len({p.shape[0] for p in parts}) != 1:
         raise ValueError(f"quantize kernel: column blocks must be 2-D with equal rows, got shapes {[tuple(p.shape) for p in parts]}")
     if len({(p.dtype, p.device) for p in parts}) != 1:
         raise ValueError(f"quantize kernel: column blocks must share a dtype and device, got {[(p.dtype, str(p.device)) for p in parts]}")

@@ -74,6 +74,12 @@ def test_ops_pass_opcheck():
         torch.library.opcheck(ops.grad_input.default, ([grad], *wq[:3], w, mask_x, 64, recipe, seed, torch.float32, "reference"))
         mask_w = wq[3] if wq[3].numel() else None
         torch.library.opcheck(ops.grad_weight.default, ([grad], *xq[:3], x, mask_w, 64, recipe, seed, torch.float32, "reference"))
+        blocks = [grad[:, :16], grad[:, 16:]]  # E as column blocks (a fused layer's parts' gradients)
+        torch.library.opcheck(ops.grad_input.default, (blocks, *wq[:3], w, mask_x, 64, recipe, seed, torch.float32, "reference"))
+        torch.library.opcheck(ops.grad_weight.default, (blocks, *xq[:3], x, mask_w, 64, recipe, seed, torch.float32, "reference"))
+    for blocks in ([], [grad, grad[:16]]):
+        with pytest.raises(ValueError, match="non-empty list of 2-D column blocks"):
+            ops.grad_input(blocks, *wq[:3], w, None, 64, "nvidia", seed, torch.float32, "reference")
 
 
 def test_dump_env_writes_graphs(tmp_path, monkeypatch):
