@@ -195,11 +195,6 @@ def _check_blocks(grad: list[Tensor], op: str) -> None:
                          f"got shapes {[tuple(g.shape) for g in grad]}")
 
 
-def _whole(grad: list[Tensor]) -> Tensor:
-    """E [T, N] from its column blocks [T, N_i]."""
-    return grad[0] if len(grad) == 1 else torch.cat(grad, dim=-1)
-
-
 @torch.library.custom_op("fp4compile::grad_input", mutates_args=())
 def grad_input(
     grad: list[Tensor],
@@ -221,7 +216,7 @@ def grad_input(
         return impl.grad_input(grad, wq, w_hp, x_mask, k, r, DeviceSeed(seed), out_dtype, kernel)
     mask = None if x_mask is None else formats.unpack_bits(x_mask)
     # === GEMM 2: grad_input = E @ W   [T,N] @ [N,K] -> [T,K]
-    return ref.grad_input(_whole(grad), wq, w_hp, mask, r, _host_seed(seed, 0), out_dtype)
+    return ref.grad_input(ref.whole_gradient(grad), wq, w_hp, mask, r, _host_seed(seed, 0), out_dtype)
 
 
 @grad_input.register_fake
@@ -251,7 +246,7 @@ def grad_weight(
         return impl.grad_weight(grad, xq, x_hp, w_mask, k, r, DeviceSeed(seed), out_dtype, kernel)
     mask = None if w_mask is None else formats.unpack_bits(w_mask)
     # === GEMM 3: grad_weight = E^T @ X   [N,T] @ [T,K] -> [N,K]
-    return ref.grad_weight(_whole(grad), xq, x_hp, mask, r, _host_seed(seed, 0), out_dtype)
+    return ref.grad_weight(ref.whole_gradient(grad), xq, x_hp, mask, r, _host_seed(seed, 0), out_dtype)
 
 
 @grad_weight.register_fake

@@ -58,16 +58,12 @@ def _operand(src, plan: OperandPlan, rotation: Rotation, m: PreparedRotation | N
         out, _ = kernel_quantize(src, q, m, seed, transpose=transpose, pad_to=plan.pad_to)
         return out
     if isinstance(src, list):  # column blocks of E
-        src = src[0] if len(src) == 1 else torch.cat(src, dim=-1)
+        src = ref.whole_gradient(src)
     dense = src.dequantize().t() if isinstance(src, QuantizedTensor) else (src.t() if transpose else src)
     pad = (-dense.shape[-1]) % plan.pad_to
     dense = torch.nn.functional.pad(dense.float(), (0, pad)) if pad else dense.float()
     rotated = rotation.apply(dense, host_seed(rot_seed) if rotation.is_random else None)
     return rotated if q is None else q.quantize(rotated, host_seed(seed))
-
-
-def _plans(recipe: Recipe, kernel: str, device: torch.device) -> tuple[OperandPlan, ...]:
-    return plan_linear(recipe, kernel, device)
 
 
 def quantize(t: torch.Tensor, recipe: Recipe, operand_name: str, seed: Seed, form: str):
@@ -146,7 +142,7 @@ def grad_input(grad: list[torch.Tensor], wq: QuantizedTensor | None, w_hp, x_mas
     """``grad``: E's column blocks [T, N_i] (one, or a fused layer's parts)."""
     spec = recipe.grad_input
     device = grad[0].device
-    plans = _plans(recipe, kernel, device)
+    plans = plan_linear(recipe, kernel, device)
     pe, pw = operand(plans, "grad_input", "grad_output"), operand(plans, "grad_input", "weight")
     rseed = ref.rotation_seed(seed, "backward")
     m = prepare_rotation(spec.rotation, rseed, device)  # one draw for both operands
@@ -173,7 +169,7 @@ def grad_weight(grad: list[torch.Tensor], xq: QuantizedTensor | None, x_hp, w_ma
     """``grad``: E's column blocks [T, N_i] (one, or a fused layer's parts), read transposed: rows of E^T."""
     spec = recipe.grad_weight
     device = grad[0].device
-    plans = _plans(recipe, kernel, device)
+    plans = plan_linear(recipe, kernel, device)
     pe, px = operand(plans, "grad_weight", "grad_output"), operand(plans, "grad_weight", "input")
     rseed = ref.rotation_seed(seed, "backward")
     m = prepare_rotation(spec.rotation, rseed, device)  # one draw for both operands

@@ -45,6 +45,11 @@ def rotation_seed(seed, gemm: str):
     return sub_seed(seed, "rotation", gemm)
 
 
+def whole_gradient(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """E [T, N] from its column blocks [T, N_i] (the backward ops' ``grad``): the one block as it is, else their concatenation."""
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
+
+
 def check_shapes(recipe: Recipe, k: int) -> None:
     """Raise if the in-features K cannot take the output GEMM's groups and rotation.
 
