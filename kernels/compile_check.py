@@ -17,7 +17,7 @@ VARIANTS = [
     # (name, RULE, SR, GROUP, G, PRECISION, SCALED, TRANSPOSED, WRITE_MASK, FORM, WRITE_PACKED): FORM 0 none, 1 FP8, 2 BF16
     # (the kernel's VALUES), 3 Blackwell's FP4 (packed codes + 128x4 blocked scales: VALUES 0, BLOCKED_SCALES); the FP8
     # form writes packed codes (the fold kernel reads them) and the row exponents: WRITE_PACKED with FORM 1
-    # SCALED (a saved FP4 tensor's block values) is always read transposed; TRANSPOSED is the X^T / E^T read
+    # SCALED (a saved FP4 tensor's packed codes and scales) is always read transposed; TRANSPOSED is the X^T / E^T read
     ("mxfp4_quest+H32 -> fp8 + packed", 1, False, 32, 32, "bf16", False, False, True, 1, True),
     ("mxfp4_tseng_rtn+RHT32 -> fp8", 2, False, 32, 32, "bf16", False, False, False, 1, True),
     ("mxfp4_tseng_rtn+RHT32 (saved source) -> fp8", 2, False, 32, 32, "bf16", True, True, False, 1, True),
@@ -43,7 +43,7 @@ FP4_FORM = 3
 # (lowering/blackwell.py), so those variants compile for sm_9x only. (Triton 3.6's sm_100 pipeline also
 # rejects the rotated ones: TritonNvidiaGPUOptimizeTMemLayoutsPass, "parent layout must have at least rank >= 2".)
 HOPPER_ONLY_VALUES = 1
-_SOURCE_TYPES = {"x_ptr": "*bf16", "alpha_ptr": "*fp32", "codes_ptr": "*u8", "scales_ptr": "*u8", "h_ptr": "*bf16", "rot_scale": "fp32"}
+_SOURCE_TYPES = {"x_ptr": "*bf16", "xs_ptr": "*u8", "alpha_ptr": "*fp32", "codes_ptr": "*u8", "scales_ptr": "*u8", "h_ptr": "*bf16", "rot_scale": "fp32"}
 
 
 def variant_tile(rule: int, g: int, transposed: bool, *, as_launched: bool):
@@ -60,12 +60,14 @@ def compile_variant(capability: int, rule: int, sr: bool, group: int, g: int, pr
     from fp4compile.kernels.rotate_quantize import quantize_kernel
 
     tile = variant_tile(rule, g, transposed, as_launched=as_launched)
-    constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=scaled, TRANS_LOAD=transposed,
+    # a saved source (SCALED): the forward's packed tensor of the same scale format (1: MXFP4 / E8M0, 2: NVFP4 / E4M3)
+    constexprs = dict(RULE=rule, SR=sr, GROUP=group, G=g, PRECISION=precision, SCALED=(1 if rule < 10 else 2) if scaled else 0,
+                      SRC_GROUP=(32 if rule < 10 else 16) if scaled else 1, TRANS_LOAD=transposed,
                       HAS_U=False, WRITE_MASK=mask, CORR=group, WRITE_PACKED=write_packed or values == FP4_FORM,
                       VALUES=0 if values == FP4_FORM else values, WRITE_S32=write_packed or rule >= 10,
                       PLAIN_SCALES=write_packed or values == 1, BLOCKED_SCALES=values == FP4_FORM,
                       BLOCK_R=tile.block_r, BLOCK_K=tile.block_k, ROW_ITERS=tile.row_iters)
-    types = {**_SOURCE_TYPES, "amax_ptr": "*fp32", "s32_ptr": "*fp32", "alpha_out_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32",
+    types = {**_SOURCE_TYPES, **({"x_ptr": "*u8"} if scaled else {}), "amax_ptr": "*fp32", "s32_ptr": "*fp32", "alpha_out_ptr": "*fp32", "u_ptr": "*fp32", "us_ptr": "*fp32",
              "mask_ptr": "*u8", "blocked_ptr": "*u8", "val_max": "fp32", "ts_den": "fp32", "inv_val_max": "fp32",
              "inv_ts_den": "fp32", "factor": "fp32", "scratch_ptr": "*fp32",
              "values_ptr": "*bf16" if values == 2 else "*u8", "er_ptr": "*i32", "seed_ptr": "*i64"}
@@ -78,7 +80,7 @@ def compile_stats_kernels(capability: int, *, as_launched: bool = False):
     from fp4compile.kernels.rotate_quantize import NV_EDEN, stats_kernel
 
     tile = variant_tile(NV_EDEN.value, 128, False, as_launched=as_launched)
-    constexprs = dict(SCALED=False, TRANS_LOAD=False, G=128, PRECISION="bf16", BLOCK_R=tile.block_r, BLOCK_K=tile.block_k, ROW_ITERS=tile.row_iters)
+    constexprs = dict(SCALED=0, SRC_GROUP=1, TRANS_LOAD=False, G=128, PRECISION="bf16", BLOCK_R=tile.block_r, BLOCK_K=tile.block_k, ROW_ITERS=tile.row_iters)
     yield "stats: tensor amax (RHT128)", _compile(stats_kernel, constexprs, {**_SOURCE_TYPES, "out_ptr": "*fp32"}, capability,
                                                   as_launched=as_launched, num_warps=tile.num_warps), tile
 

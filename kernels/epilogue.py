@@ -1,6 +1,7 @@
 """The GEMMs' epilogue in one pass: alpha, trust mask, inverse forward rotation, cast.
 
-Quartet's gradients come out of the GEMM in the forward's rotated domain (fp32 ``[R, K]``); the reference
+Quartet's gradients come out of the GEMM in the forward's rotated domain (``[R, K]``, BF16 for a BF16 gradient, else
+fp32); the reference
 (``fp4compile.lowering.triton_ops._finish`` / ``fp4compile.reference.linear._finish_grad``) then does
 
     g = g * alpha         # tensor scales and factors of an exact-product (BF16) GEMM, when it has any
@@ -8,7 +9,7 @@ Quartet's gradients come out of the GEMM in the forward's rotated domain (fp32 `
     g = g @ blockdiag(M)^T  # undo the forward Hadamard along K
     g = g.to(out_dtype)
 
-as three or four passes over a 4-byte tensor. These kernels read ``g`` and the mask bits once and write
+as three or four passes over the tensor. These kernels read ``g`` and the mask bits once and write
 the result once. ``epilogue_kernel`` rotates by a small matmul (``tl.dot``) of +-1 entries scaled after
 accumulation, as in the reference, so only the FP32 summation order differs; for the fixed Hadamard-32 (Quartet's
 forward rotation) ``epilogue_h32_kernel`` rotates by its butterfly in registers instead, 0.114 ms against 0.134 at
@@ -45,7 +46,7 @@ def epilogue_kernel(g_ptr, alpha_ptr, mask_ptr, h_ptr, rot_scale, out_ptr, R, K,
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     ok = rows[:, None] < R
-    g = tl.load(g_ptr + rows[:, None] * K + ks[None, :], mask=ok, other=0.0)
+    g = tl.load(g_ptr + rows[:, None] * K + ks[None, :], mask=ok, other=0.0).to(tl.float32)
     if HAS_ALPHA:
         g = g * tl.load(alpha_ptr)
     if HAS_MASK:
@@ -83,7 +84,7 @@ def _h4(x, P: tl.constexpr):
 def _masked_chunk(g_ptr, m, c: tl.constexpr, HAS_MASK: tl.constexpr):
     """Columns 4c .. 4c + 3 of each (row, group) as float32 [P, 4], times their trust-mask bits (m: the group's 32 bits)."""
     j = tl.arange(0, 4)
-    x = tl.load(g_ptr + 4 * c + j[None, :])
+    x = tl.load(g_ptr + 4 * c + j[None, :]).to(tl.float32)
     if HAS_MASK:
         x = x * ((m[:, None] >> (4 * c + j[None, :])) & 1).to(tl.float32)
     return x
@@ -144,12 +145,13 @@ BUTTERFLY_PAIRS, BUTTERFLY_WARPS = 128, 4  # (row, group) pairs per program of e
 
 def mask_rotate_cast(g: torch.Tensor, mask_bits: torch.Tensor | None, inverse_rotation: torch.Tensor | PreparedRotation | None, out_dtype: torch.dtype,
                      alpha: torch.Tensor | None = None, tile: Tile | None = None) -> torch.Tensor:
-    """``((g * alpha * mask) @ blockdiag(M^T)).to(out_dtype)`` for fp32 ``g [R, K]``; ``inverse_rotation`` is ``M^T``
+    """``((g * alpha * mask) @ blockdiag(M^T)).to(out_dtype)`` for ``g [R, K]`` (float32, or the BF16 a backward GEMM writes:
+    ``reference.linear.grad_gemm_dtype``; read as it is, computed in float32); ``inverse_rotation`` is ``M^T``
     (built on the CPU: no host sync), ``alpha`` a float32 scalar tensor on g's device. ``tile``: rows x up to
     ``block_k`` columns per program and its warps (default ``EPILOGUE_TILE``; benchmarks' sweeps)."""
     r, k = g.shape
     check_elements(r * k, f"GEMM epilogue [{r}, {k}]")
-    g = g.contiguous().float()
+    g = g.contiguous() if g.dtype in (torch.float32, torch.bfloat16) else g.contiguous().float()
     g_size = rotation_size(inverse_rotation)
     if tile is None and is_fixed_hadamard(inverse_rotation) and g_size == 32 and k % 32 == 0:
         out = torch.empty(r, k, dtype=out_dtype, device=g.device)

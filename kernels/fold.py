@@ -8,8 +8,8 @@
   1 written per element), 8-9 static SASS instructions per element against the 25 of the pre-pass over the input it
   replaced (``python -m fp4compile.kernels.instruction_count``).
 * ``block_values_bf16``: NVFP4 (codes + E4M3 scales) -> BF16 ``q * s8`` (exact: 6 significant bits at most), or
-  MXFP4 (E8M0 scales) -> BF16 ``q * 2^e`` (exact): what the BF16 GEMM multiplies, and what the backward's
-  re-quantization of a saved tensor reads.
+  MXFP4 (E8M0 scales) -> BF16 ``q * 2^e`` (exact): what the BF16 GEMM multiplies (the backward's re-quantization of a
+  saved tensor forms the same values in registers: ``rotate_quantize._load_tile``).
 
 Reference twins (plain PyTorch, table lookups): ``fp4compile.lowering.hopper_gemm.fold_mxfp4_fp8`` and
 ``nvfp4_to_bf16`` (MXFP4: ``QuantizedTensor.block_values()``); tests compare the bytes.
@@ -21,27 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4compile.kernels.rotate_quantize import _NO_ROW_EXP, INTERPRETED, _e2m1_value, _e4m3_from_byte, _pow2, check_elements
-
-_INTERPRETED = tl.constexpr(INTERPRETED)  # Triton's CPU interpreter runs no inline PTX
-
-
-@triton.jit
-def _unpack(codes):
-    """uint8 [BM, BK/2] packed codes -> (|E2M1 value| float32 [BM, BK], sign bit int32 [BM, BK]).
-
-    Element 2i comes from the low nibble. The sign is kept apart as a bit: negating a zero in float
-    arithmetic may give +0 under the compiler's no-signed-zeros rules, and -0 must stay -0.
-    """
-    c = codes.to(tl.int32)
-    pair = tl.join(c & 0xF, (c >> 4) & 0xF)  # [BM, BK/2, 2]
-    code = tl.reshape(pair, (pair.shape[0], pair.shape[1] * 2))
-    return _e2m1_value(code & 7), (code >> 3) & 1
-
-
-@triton.jit
-def _with_sign(mag, sign):
-    return (mag.to(tl.int32, bitcast=True) | (sign << 31)).to(tl.float32, bitcast=True)
+from fp4compile.kernels.rotate_quantize import _INTERPRETED, _NO_ROW_EXP, _pow2, _scale_values, _unpack, _with_sign, check_elements
 
 
 @triton.jit
@@ -140,10 +120,7 @@ def bf16_values_kernel(codes_ptr, scales_ptr, out_ptr, M, K, E8M0: tl.constexpr,
     k0 = pid_k * BLOCK_K
     cb = tl.load(codes_ptr + rows[:, None] * (K // 2) + (k0 // 2 + tl.arange(0, BLOCK_K // 2))[None, :], mask=row_ok, other=0)
     sb = tl.load(scales_ptr + rows[:, None] * (K // GROUP) + (k0 // GROUP + tl.arange(0, NG))[None, :], mask=row_ok, other=0).to(tl.int32)
-    if E8M0:
-        s = tl.where(sb == 255, float("nan"), _pow2(sb - 127))
-    else:
-        s = tl.where((sb & 0x7F) == 0x7F, float("nan"), _e4m3_from_byte(sb & 0x7F))  # scales are non-negative
+    s = _scale_values(sb, E8M0)
     mag, sign = _unpack(cb)
     v = tl.reshape(mag, (BLOCK_M, NG, GROUP)) * s[:, :, None]
     v = _with_sign(tl.reshape(v, (BLOCK_M, BLOCK_K)), sign)

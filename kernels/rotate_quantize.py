@@ -5,7 +5,7 @@ Each program takes a tile of ``BLOCK_R`` output rows x ``BLOCK_K`` elements alon
 
 1. load the tile from a tensor with any strides (so ``X^T`` along T is read from ``X`` without
    materialising the transpose). The backward's re-quantization of the forward-quantized W and X reads
-   their exact BF16 block values (one conversion pass, kernels/fold.py) transposed;
+   their packed codes and scale bytes transposed and forms their exact block values in registers;
 2. rotate along the axis by a G x G matrix ``M`` (fixed or random-sign Hadamard, formed on the device from
    the seed by ``prepare_rotation``, with the reference's signs) as a small matmul (``tl.dot``), then, for a
    re-quantization, multiply by the saved tensor's scale and factor (its dequantized value, rotated);
@@ -39,6 +39,8 @@ Reference twins: ``fp4compile.reference.mxfp4`` and ``fp4compile.reference.nvfp4
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
@@ -52,6 +54,8 @@ _NO_ROW_EXP = tl.constexpr(-1000)  # "no live group" marker of the row exponents
 _SCALE_SALT = tl.constexpr(seeds.SCALE_SALT)  # the key of MS-EDEN's scale draws is seed ^ SCALE_SALT
 _INV6 = tl.constexpr(0.16666667163372040)  # RN_float32(1 / 6), for _div_by(v, 6.0, _INV6)
 _MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: (v + MAGIC) - MAGIC rounds |v| < 2^22 to the nearest integer, ties to even
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRETED = tl.constexpr(INTERPRETED)  # Triton's CPU interpreter runs no inline PTX
 
 
 @triton.jit
@@ -275,26 +279,93 @@ def _rotate(x, m, rot_scale, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, G: tl
 
 
 @triton.jit
-def _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, m, rot_scale, G: tl.constexpr, PRECISION: tl.constexpr,
-               SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The [BLOCK_R, BLOCK_K] input tile as float32, rotated along K by m (G > 0), times alpha_ptr[0] with SCALED; zero outside [R, K].
+def _unpack(codes):
+    """uint8 [BM, BK/2] packed codes -> (|E2M1 value| float32 [BM, BK], sign bit int32 [BM, BK]).
+
+    Element 2i comes from the low nibble. The sign is kept apart as a bit: negating a zero in float
+    arithmetic may give +0 under the compiler's no-signed-zeros rules, and -0 must stay -0.
+    """
+    c = codes.to(tl.int32)
+    pair = tl.join(c & 0xF, (c >> 4) & 0xF)  # [BM, BK/2, 2]
+    code = tl.reshape(pair, (pair.shape[0], pair.shape[1] * 2))
+    return _e2m1_value(code & 7), (code >> 3) & 1
+
+
+@triton.jit
+def _with_sign(mag, sign):
+    return (mag.to(tl.int32, bitcast=True) | (sign << 31)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _e2m1_signed_values(codes):
+    """uint8 [BM, BK/2] packed codes -> their signed E2M1 values, float32 [BM, BK] (element 2i from the low nibble).
+
+    E2M1's bits (s e1 e0 m) placed as the E4M3 byte ``s 0 0 e1 e0 m 0 0`` are the same number times 2^-6, subnormals
+    (e = 0) and -0 included (both formats' exponent-0 encodings are subnormal), so the hardware's FP8 conversion
+    decodes them, two per instruction, and one multiply by 64 (exact) restores the value.
+    """
+    lo, hi = _e4m3_of_codes(codes)
+    b = tl.reshape(tl.join(lo, hi), (codes.shape[0], codes.shape[1] * 2))
+    return b.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 64.0
+
+
+@triton.jit
+def _e4m3_of_codes(codes):
+    """uint8 packed codes -> (E4M3 bytes of the low nibbles, of the high nibbles), for ``_e2m1_signed_values``: on the GPU
+    four bytes per 32-bit word (inline PTX; ptxas makes each line a LOP3), in the CPU interpreter the same bytes from
+    integer arithmetic."""
+    if _INTERPRETED:
+        c = codes.to(tl.int32)
+        return ((((c << 2) & 0x1C) | ((c << 4) & 0x80)).to(tl.uint8), (((c >> 2) & 0x1C) | (c & 0x80)).to(tl.uint8))
+    return tl.inline_asm_elementwise(
+        "{ .reg .b32 t; shl.b32 t, $2, 2; and.b32 t, t, 0x1C1C1C1C; shl.b32 $0, $2, 4; and.b32 $0, $0, 0x80808080; or.b32 $0, $0, t; "
+        "shr.b32 t, $2, 2; and.b32 t, t, 0x1C1C1C1C; and.b32 $1, $2, 0x80808080; or.b32 $1, $1, t; }",
+        "=r,=r,r", [codes], dtype=(tl.uint8, tl.uint8), is_pure=True, pack=4)
+
+
+@triton.jit
+def _scale_values(sb, E8M0: tl.constexpr):
+    """Scale bytes (int32) -> float32: E8M0 ``2^(b - 127)`` (255: NaN), or non-negative E4M3 (0x7F: NaN)."""
+    if E8M0:
+        return tl.where(sb == 255, float("nan"), _pow2(sb - 127))
+    return tl.where((sb & 0x7F) == 0x7F, float("nan"), _e4m3_from_byte(sb & 0x7F))
+
+
+@triton.jit
+def _load_tile(x_ptr, xs_ptr, stride_r, stride_k, alpha_ptr, row0, ks, R, K, m, rot_scale, G: tl.constexpr, PRECISION: tl.constexpr,
+               SCALED: tl.constexpr, SRC_GROUP: tl.constexpr, TRANS_LOAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The [BLOCK_R, BLOCK_K] input tile of rows row0.. as float32, rotated along K by m (G > 0), times alpha_ptr[0] with
+    SCALED; zero outside [R, K].
 
     Element (r, k) is at x_ptr + r*stride_r + k*stride_k. When r is the contiguous axis (TRANS_LOAD: X^T
     along T read from X) the tile is loaded in memory order as [BLOCK_K, BLOCK_R], so the loads are
-    coalesced, and transposed in registers. SCALED is the re-quantization of a saved FP4 tensor: x holds its
-    exact BF16 block values (kernels/fold.py) and alpha its tensor scale times factor, so the tile is its
-    dequantized value ``(e2m1 * scale) * alpha`` as the reference's ``dequantize()``. The block values are
-    exact in BF16, so they are rotated on BF16 tensor cores (exact products, FP32 sums) and alpha is
-    applied after: the rotation's FP32 sums round differently from the reference's in the last bit, as
-    every rotation's do.
+    coalesced, and transposed in registers.
+
+    SCALED (1: E8M0 scales, 2: E4M3) is the re-quantization of a saved FP4 tensor ``[K, R]``, read transposed from its
+    packed codes (x_ptr, ``stride_k`` bytes per saved row) and scale bytes (xs_ptr, ``R / SRC_GROUP`` per row) as its
+    exact block values ``e2m1 * scale`` (``kernels/fold.block_values_bf16``'s, without writing them), and alpha its
+    tensor scale times factor, so the tile is its dequantized value ``(e2m1 * scale) * alpha`` as the reference's
+    ``dequantize()``. The block values are exact in BF16, so they are rotated on BF16 tensor cores (exact products,
+    FP32 sums) and alpha is applied after: the rotation's FP32 sums round differently from the reference's in the last
+    bit, as every rotation's do.
     """
-    if TRANS_LOAD:
+    if SCALED:
         kk = ks[:, None]
-        rr = rows[None, :]
+        NGS: tl.constexpr = BLOCK_R // SRC_GROUP
+        pairs = row0 // 2 + tl.arange(0, BLOCK_R // 2)
+        groups = row0 // SRC_GROUP + tl.arange(0, NGS)
+        cb = tl.load(x_ptr + kk * stride_k + pairs[None, :], mask=(kk < K) & (pairs[None, :] * 2 < R), other=0)  # [BLOCK_K, BLOCK_R/2]
+        sb = tl.load(xs_ptr + kk * (R // SRC_GROUP) + groups[None, :], mask=(kk < K) & (groups[None, :] * SRC_GROUP < R), other=0).to(tl.int32)
+        v = _e2m1_signed_values(cb)  # [BLOCK_K, BLOCK_R]
+        v = tl.reshape(tl.reshape(v, (BLOCK_K, NGS, SRC_GROUP)) * _scale_values(sb, SCALED == 1)[:, :, None], (BLOCK_K, BLOCK_R))
+        x = tl.trans(v)
+    elif TRANS_LOAD:
+        kk = ks[:, None]
+        rr = row0 + tl.arange(0, BLOCK_R)[None, :]
         nat = tl.load(x_ptr + rr * stride_r + kk * stride_k, mask=(rr < R) & (kk < K), other=0.0).to(tl.float32)  # [BLOCK_K, BLOCK_R]
         x = tl.trans(nat)
     else:
-        r2 = rows[:, None]
+        r2 = row0 + tl.arange(0, BLOCK_R)[:, None]
         k2 = ks[None, :]
         x = tl.load(x_ptr + r2 * stride_r + k2 * stride_k, mask=(r2 < R) & (k2 < K), other=0.0).to(tl.float32)
     if G > 0:
@@ -306,8 +377,8 @@ def _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, m, rot_scal
 
 @triton.jit
 def stats_kernel(
-    x_ptr, stride_r, stride_k, alpha_ptr, h_ptr, rot_scale, out_ptr, R, K,
-    SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr,
+    x_ptr, xs_ptr, stride_r, stride_k, alpha_ptr, h_ptr, rot_scale, out_ptr, R, K,
+    SCALED: tl.constexpr, SRC_GROUP: tl.constexpr, TRANS_LOAD: tl.constexpr,
     G: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ROW_ITERS: tl.constexpr,
 ):
     """NVFP4's pre-pass: the largest finite |x| of the (rotated) input into out_ptr[0] (float32, pre-zeroed), by
@@ -318,8 +389,8 @@ def stats_kernel(
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     amax_run = 0.0  # this program's largest finite |x|
     for it in range(ROW_ITERS):  # row blocks pid_r * ROW_ITERS + it, sharing the rotation matrix
-        rows = (pid_r * ROW_ITERS + it) * BLOCK_R + tl.arange(0, BLOCK_R)
-        x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, m, rot_scale, G, PRECISION, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
+        row0 = (pid_r * ROW_ITERS + it) * BLOCK_R
+        x = _load_tile(x_ptr, xs_ptr, stride_r, stride_k, alpha_ptr, row0, ks, R, K, m, rot_scale, G, PRECISION, SCALED, SRC_GROUP, TRANS_LOAD, BLOCK_R, BLOCK_K)
         a = tl.abs(x)
         finite = a < float("inf")  # False for Inf and NaN
         amax_run = tl.maximum(amax_run, tl.max(tl.max(tl.where(finite, a, 0.0), axis=1), axis=0))
@@ -398,8 +469,8 @@ def _eden_scale_bytes(vs1, num, den, scratch_ptr, us_ptr, row_block, pid_k, R, o
 
 @triton.jit
 def quantize_kernel(
-    # input (any strides), times alpha_ptr[0] with SCALED (a saved FP4 tensor's BF16 block values)
-    x_ptr, stride_r, stride_k, alpha_ptr,
+    # input (any strides); with SCALED a saved FP4 tensor's packed codes and scale bytes (xs_ptr), times alpha_ptr[0]
+    x_ptr, xs_ptr, stride_r, stride_k, alpha_ptr,
     # rotation; NVFP4: the pre-pass's amax in, tensor scale s32 and alpha = s32 * factor out (WRITE_S32); uniforms (optional), outputs
     h_ptr, rot_scale, amax_ptr, s32_ptr, alpha_out_ptr, u_ptr, us_ptr, codes_ptr, scales_ptr, mask_ptr,
     # the scale bytes again in Blackwell's 128x4 blocked layout (BLOCKED_SCALES: form "fp4"; the buffer zero-padded)
@@ -417,7 +488,7 @@ def quantize_kernel(
     # NVFP4: val_max for RTN / EDEN, scales_max * val_max (s32 = amax / it), their float32 reciprocals RN(1 / .), the factor
     val_max, ts_den, inv_val_max, inv_ts_den, factor,
     RULE: tl.constexpr, SR: tl.constexpr, GROUP: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
-    SCALED: tl.constexpr, TRANS_LOAD: tl.constexpr, HAS_U: tl.constexpr, WRITE_MASK: tl.constexpr, CORR: tl.constexpr, WRITE_PACKED: tl.constexpr, VALUES: tl.constexpr,
+    SCALED: tl.constexpr, SRC_GROUP: tl.constexpr, TRANS_LOAD: tl.constexpr, HAS_U: tl.constexpr, WRITE_MASK: tl.constexpr, CORR: tl.constexpr, WRITE_PACKED: tl.constexpr, VALUES: tl.constexpr,
     WRITE_S32: tl.constexpr, PLAIN_SCALES: tl.constexpr, BLOCKED_SCALES: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ROW_ITERS: tl.constexpr,
 ):
@@ -429,7 +500,8 @@ def quantize_kernel(
     for it in range(ROW_ITERS):  # row blocks pid_r * ROW_ITERS + it, sharing the rotation matrix
         row_block = pid_r * ROW_ITERS + it
         rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
-        x = _load_tile(x_ptr, stride_r, stride_k, alpha_ptr, rows, ks, R, K, m, rot_scale, G, PRECISION, SCALED, TRANS_LOAD, BLOCK_R, BLOCK_K)
+        x = _load_tile(x_ptr, xs_ptr, stride_r, stride_k, alpha_ptr, row_block * BLOCK_R, ks, R, K, m, rot_scale, G, PRECISION, SCALED, SRC_GROUP, TRANS_LOAD,
+                       BLOCK_R, BLOCK_K)
         NG: tl.constexpr = BLOCK_K // GROUP
         xg, amax, bad = _group_stats(x, BLOCK_R, BLOCK_K, GROUP)  # [BLOCK_R, NG, GROUP], [BLOCK_R, NG] x2
         if RULE == NV_RTN16:  # one scale per 16x16 tile: reduce over the tile's 16 rows (tiles align with BLOCK_R)
@@ -572,7 +644,6 @@ def signed_hadamard_kernel(h_ptr, out_ptr, seed_ptr, seed_salt, G: tl.constexpr,
 
 import functools  # noqa: E402
 import math  # noqa: E402
-import os  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
@@ -635,7 +706,6 @@ def supports(quantizer: Quantizer) -> bool:
 
 # No FMA contraction: a*b + c must round twice, as in the reference (e.g. QuEST's 0.487 * std + 1e-8 * p).
 # The interpreter takes no compile options.
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _NO_FMA = {} if INTERPRETED else {"enable_fp_fusion": False}
 
 
@@ -941,12 +1011,14 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         raise NotImplementedError(f"no Triton kernel for quantizer {quantizer.name!r}; it runs through the reference")
     if isinstance(x, (list, tuple)) and len(x) == 1:
         x = x[0]
-    scaled = isinstance(x, QuantizedTensor)
-    if scaled:  # re-quantization of a saved [Kq, R] tensor along R: its exact BF16 block values, read transposed
-        from fp4compile.kernels.fold import block_values_bf16
-
+    scaled, src_group, src_scales = 0, 1, None
+    if isinstance(x, QuantizedTensor):  # re-quantization of a saved [Kq, R] tensor along Kq: its packed codes read transposed
+        scaled = 1 if x.scale_format is ScaleFormat.E8M0 else 2
+        src_group = x.group_size
         alpha_src = (x.tensor_scale.reshape(1).float() * x.factor).contiguous()
-        x = block_values_bf16(x.codes, x.scales, x.group_size, e8m0=x.scale_format is ScaleFormat.E8M0)
+        codes_in = x.codes.reshape(-1, x.codes.shape[-1]).contiguous()  # [Kq, R/2]
+        src_scales = x.scales.reshape(codes_in.shape[0], -1).contiguous()  # [Kq, R/group]
+        x = codes_in
         transpose = True
     group = quantizer.group_size
     g = rotation_size(rotation)
@@ -954,15 +1026,22 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     rows_multiple = 16 if rule.rule == NV_RTN16.value else 1  # its scales cover 16 x 16 blocks, which must not straddle programs
     if isinstance(x, (list, tuple)):
         blocks, (r, k) = _blocks(list(x), transpose, multiple, rows_multiple)
+    elif scaled:  # rows: the saved tensor's columns, 2 per code byte; the kernel reads the bytes along them
+        r, k = x.shape[1] * 2, x.shape[0]
+        if r % src_group:
+            raise ValueError(f"quantize kernel: a saved tensor's rows of {r} elements are not whole groups of {src_group}")
+        blocks = [_Block(x, 1, x.stride(0), r, k, 0, 0)]
     else:
         if x.dim() != 2:
             raise ValueError(f"quantize kernel takes a 2-D tensor, got shape {tuple(x.shape)}")
         r, k = (x.shape[1], x.shape[0]) if transpose else x.shape
         stride_r, stride_k = (x.stride(1), x.stride(0)) if transpose else (x.stride(0), x.stride(1))
         blocks = [_Block(x, stride_r, stride_k, r, k, 0, 0)]
-    device, dtype = blocks[0].src.device, blocks[0].src.dtype  # a scaled source is BF16 block values (exact), rotated before alpha is applied
+    device = blocks[0].src.device
+    dtype = torch.bfloat16 if scaled else blocks[0].src.dtype  # a saved source's block values are exact in BF16, rotated before alpha is applied
     if not scaled:
         alpha_src = placeholder(torch.float32, device)  # read only with SCALED
+    xs = src_scales if scaled else placeholder(torch.uint8, device)
     k_out = -(-k // multiple) * multiple
     # the largest offsets the kernel forms: each input's last element (any strides) and the padded outputs' [r, k_out]
     check_elements(max([r * k_out] + [(b.r - 1) * b.stride_r + (b.k - 1) * b.stride_k + 1 for b in blocks]),
@@ -979,7 +1058,9 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         b_k_out = k_out - (k - b.k) if b.col0 + b.k == k else b.k  # the last block along the rows takes the padding
         block_k = _block_k(b_k_out, max(group, g, 16), max(largest_k, group, g, 16))
         grid = (triton.cdiv(b.r, block_r * row_iters), b_k_out // block_k)
-        common = dict(SCALED=scaled, TRANS_LOAD=trans_load, G=g, PRECISION=_precision(dtype, device),
+        if scaled and t.block_r % src_group:
+            raise ValueError(f"quantize kernel: a saved tensor is read in tiles of whole groups of {src_group} rows; got block_r={t.block_r}")
+        common = dict(SCALED=scaled, SRC_GROUP=src_group, TRANS_LOAD=trans_load, G=g, PRECISION=_precision(dtype, device),
                       BLOCK_R=block_r, BLOCK_K=block_k, ROW_ITERS=row_iters, num_warps=num_warps)
         launches.append((b, b_k_out, grid, common, t))
     is_nv = quantizer.scale_format is ScaleFormat.E4M3
@@ -987,7 +1068,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
     if is_nv:  # pre-pass: the (rotated) amax, from which the quantize kernel forms the tensor scale
         amax = torch.zeros(1, device=device, dtype=torch.float32)
         for b, _, grid, common, _ in launches:  # every block's into one amax: the tensor scale spans the whole tensor
-            stats_kernel[grid](b.src, b.stride_r, b.stride_k, alpha_src, h, rot_scale, amax, b.r, b.k, **common, **_NO_FMA)
+            stats_kernel[grid](b.src, xs, b.stride_r, b.stride_k, alpha_src, h, rot_scale, amax, b.r, b.k, **common, **_NO_FMA)
     # the tensor scale (NVFP4; MXFP4's is 1, written only where the packed form keeps it) and NVFP4's alpha, each its own
     # tensor (they become op outputs), written by the kernel: no small torch ops per quantization
     write_s32 = is_nv or keep_packed
@@ -1024,7 +1105,7 @@ def _launch(x, quantizer, rotation, seed, form, keep_packed, transpose, pad_to, 
         if is_nv and (g > 0 or rule.rule == NV_EDEN.value):  # per program: 3 floats per scale group of its tile (_to_group_per_thread)
             scratch = torch.empty(grid[0] * grid[1] * 3 * common["BLOCK_R"] * (common["BLOCK_K"] // group), dtype=torch.float32, device=device)
         quantize_kernel[grid](
-            b.src, b.stride_r, b.stride_k, alpha_src, h, rot_scale, amax, s32, alpha_out, u_elem, u_scale,
+            b.src, xs, b.stride_r, b.stride_k, alpha_src, h, rot_scale, amax, s32, alpha_out, u_elem, u_scale,
             _block_view(codes, b, 2), _block_view(scales, b, group), _block_view(mask, b, 8), blocked,
             _block_view(out_values, b, 1), _block_view(e_r, b, 1), scratch,
             b.r, b.k, b_k_out, k_out, b.row0 * k_out + b.col0, seed_ptr, seed_salt,

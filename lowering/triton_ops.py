@@ -9,7 +9,8 @@ with every operand written in the form the layout plan chose for its GEMM (lower
                   the ``blackwell`` target, Blackwell's block-scaled FP4 GEMM where the plan's form is ``fp4``
                   (codes + 128x4 blocked scales, written by the same quantize launch; lowering/blackwell.py)
     grad_input    E [T, N] along N (its column blocks, a fused layer's parts, each into its slice) and W^T along N (from the packed forward W read transposed, or from W),
-                  each straight into its GEMM form; GEMM; one epilogue pass: alpha, mask, inverse rotation, cast
+                  each straight into its GEMM form; GEMM (written in BF16 for a BF16 gradient: ``ref.grad_gemm_dtype``; the
+                  exact-product BF16 GEMM keeps FP32, its alpha still to apply); one epilogue pass: alpha, mask, inverse rotation, cast
     grad_weight   E^T along T and X^T along T, both read transposed by the kernel; GEMM; the same epilogue
 
 No host synchronization, and nothing a CUDA graph replay would freeze: seeds stay on the device
@@ -114,12 +115,12 @@ def _epilogue(acc: torch.Tensor, alpha, mask: torch.Tensor | None, inverse: Prep
     if isinstance(alpha, float) and alpha == 1.0:
         alpha = None
     if alpha is not None and not (isinstance(alpha, torch.Tensor) and alpha.device == acc.device):
-        acc, alpha = acc * alpha, None
+        acc, alpha = acc.float() * alpha, None
     if mask is None and inverse is None and alpha is None:
         return acc.to(out_dtype)
     if supports_width(acc.shape[-1], inverse):
         return mask_rotate_cast(acc, mask, inverse, out_dtype, alpha=alpha)
-    g = acc if alpha is None else acc * alpha  # widths the kernel does not take: torch ops, same order
+    g = acc.float() if alpha is None else acc.float() * alpha  # widths the kernel does not take: torch ops, same order
     if mask is not None:
         g = g * formats.unpack_bits(mask)[..., : g.shape[-1]]
     if inverse is not None:
@@ -153,14 +154,14 @@ def grad_input(grad: list[torch.Tensor], wq: QuantizedTensor | None, w_hp, x_mas
         w_t = block_values_bf16(wq).t()  # [K, N]
         pad = (-w_t.shape[1]) % pw.pad_to
         w_t = torch.nn.functional.pad(w_t, (0, pad)) if pad else w_t
-        acc, alpha = _accumulate(e_q, w_t)
+        acc, alpha = _accumulate(e_q, w_t, ref.grad_gemm_dtype(out_dtype))
         return _finish(acc, wq.alpha if alpha is None else alpha * wq.alpha, x_mask, k, recipe, seed, out_dtype)
     w_seed = sub_seed(seed, "grad_input", "weight")
     if recipe.weight_for_backward is Source.QUANTIZED and wq is not None:
         w_q = _operand(wq, pw, spec.rotation, m, rseed, w_seed)  # packed [N, K], read transposed as W^T [K, N]
     else:
         w_q = _operand(w_hp, pw, spec.rotation, m, rseed, w_seed, transpose=True)
-    acc, alpha = _accumulate(e_q, w_q)
+    acc, alpha = _accumulate(e_q, w_q, ref.grad_gemm_dtype(out_dtype))
     return _finish(acc, alpha, x_mask, k, recipe, seed, out_dtype)
 
 
@@ -180,5 +181,5 @@ def grad_weight(grad: list[torch.Tensor], xq: QuantizedTensor | None, x_hp, w_ma
         x_q = _operand(xq, px, spec.rotation, m, rseed, x_seed)
     else:
         x_q = _operand(x_hp, px, spec.rotation, m, rseed, x_seed, transpose=True)
-    acc, alpha = _accumulate(e_q, x_q)
+    acc, alpha = _accumulate(e_q, x_q, ref.grad_gemm_dtype(out_dtype))
     return _finish(acc, alpha, w_mask, k, recipe, seed, out_dtype)

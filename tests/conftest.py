@@ -39,17 +39,18 @@ def _seed():
     yield
 
 
-def run_linear_ops(x: torch.Tensor, w: torch.Tensor, e: torch.Tensor, recipe: str, seed: torch.Tensor, kernel: str, x_form: str, w_form: str):
+def run_linear_ops(x: torch.Tensor, w: torch.Tensor, e: torch.Tensor, recipe: str, seed: torch.Tensor, kernel: str, x_form: str, w_form: str,
+                   dtype: torch.dtype = torch.float32):
     """One linear layer through the fp4compile ops on ``kernel``, as the rewritten graph calls them:
-    ``(xq outputs, wq outputs, y, dX, dW)``, float32 results (y = X W^T, dX = E W, dW = E^T X)."""
+    ``(xq outputs, wq outputs, y, dX, dW)``, results in ``dtype`` (y = X W^T, dX = E W, dW = E^T X)."""
     ops = torch.ops.fp4compile
     k = x.shape[1]
     xq = ops.quantize(x, recipe, "input", seed, 0, kernel, x_form)
     wq = ops.quantize(w, recipe, "weight", seed, 0, kernel, w_form)
     values = (xq[4], xq[5], wq[4], wq[5]) if x_form == w_form != "packed" else ()
-    y = ops.output_gemm(*xq[:3], *wq[:3], recipe, torch.float32, kernel, *values)
+    y = ops.output_gemm(*xq[:3], *wq[:3], recipe, dtype, kernel, *values)
     x_mask = xq[3] if xq[3].numel() else None
     w_mask = wq[3] if wq[3].numel() else None
-    dx = ops.grad_input([e], *wq[:3], w, x_mask, k, recipe, seed, torch.float32, kernel)
-    dw = ops.grad_weight([e], *xq[:3], x, w_mask, k, recipe, seed, torch.float32, kernel)
+    dx = ops.grad_input([e], *wq[:3], w, x_mask, k, recipe, seed, dtype, kernel)
+    dw = ops.grad_weight([e], *xq[:3], x, w_mask, k, recipe, seed, dtype, kernel)
     return xq, wq, y, dx, dw

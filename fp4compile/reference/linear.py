@@ -10,6 +10,8 @@ Shapes (2-D, tokens flattened): x ``[T, K]``, W ``[N, K]``, E = dL/dy ``[T, N]``
     # === GEMM 2: grad_input  = (Q(E R) @ Q(W_b^T R)^T * M_x) R_f^T       [T,N]@[N,K] -> [T,K]
     # === GEMM 3: grad_weight = (Q(E^T R) @ Q(X_b^T R)^T * M_w) R_f^T     [N,T]@[T,K] -> [N,K]
 
+GEMMs 2 and 3 hold their result in BF16 before the mask and R_f^T when the gradient is BF16 (``grad_gemm_dtype``).
+
 R_f is the output GEMM's rotation along K; R the backward rotation (one draw per layer per step,
 shared by the four backward operands); W_b and X_b are the forward-quantized tensors (dequantized,
 still in the R_f domain) or the high-precision ones, as the recipe says; M the trust masks. The inner
@@ -94,7 +96,18 @@ def _backward_source(fwd: QuantizedTensor | None, hp: torch.Tensor | None, sourc
     return recipe.output.rotation.apply(hp, rotation_seed(seed, "output"))
 
 
+def grad_gemm_dtype(out_dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which a backward GEMM's result is held before the mask and the inverse forward rotation.
+
+    BF16 when the gradient is BF16: one rounding more than the math needs (in the rotated basis; ~2^-9 relative,
+    against FP4's ~2^-3 on the operands), for half the bytes the GPU's GEMM writes and its epilogue reads
+    (the largest tensors of the backward, [T, K]). FP32 otherwise.
+    """
+    return torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32
+
+
 def _finish_grad(g: torch.Tensor, mask: torch.Tensor | None, recipe: Recipe, seed: int, out_dtype: torch.dtype) -> torch.Tensor:
+    g = g.float()
     if mask is not None and recipe.mask_gradients:
         g = g * mask  # straight-through estimator with clipping, in the rotated domain
     return recipe.output.rotation.undo(g, rotation_seed(seed, "output")).to(out_dtype)
@@ -117,7 +130,7 @@ def grad_input(
     # === GEMM 2: grad_input = Q(E R) @ Q(W^T R)^T   [T,N] @ [N,K] -> [T,K]
     e_q = _quantize(rot.apply(e, rseed), spec.a, seed, "grad_input", "grad_output")
     w_q = _quantize(rot.apply(w_t, rseed), spec.b, seed, "grad_input", "weight")
-    return _finish_grad(gemm_nt(e_q, w_q, torch.float32), x_mask, recipe, seed, out_dtype)
+    return _finish_grad(gemm_nt(e_q, w_q, grad_gemm_dtype(out_dtype)), x_mask, recipe, seed, out_dtype)
 
 
 def grad_weight(
@@ -137,7 +150,7 @@ def grad_weight(
     # === GEMM 3: grad_weight = Q(E^T R) @ Q(X^T R)^T   [N,T] @ [T,K] -> [N,K]
     e_q = _quantize(rot.apply(e_t, rseed), spec.a, seed, "grad_weight", "grad_output")
     x_q = _quantize(rot.apply(x_t, rseed), spec.b, seed, "grad_weight", "input")
-    return _finish_grad(gemm_nt(e_q, x_q, torch.float32), w_mask, recipe, seed, out_dtype)
+    return _finish_grad(gemm_nt(e_q, x_q, grad_gemm_dtype(out_dtype)), w_mask, recipe, seed, out_dtype)
 
 
 class _ReferenceLinearFn(torch.autograd.Function):

@@ -121,6 +121,24 @@ def test_epilogue_kernel_matches_torch(with_mask, rotation, tile):
     assert (got.float() - expected.float()).abs().max() <= 2**-7 * expected.float().abs().max()
 
 
+@pytest.mark.parametrize("tile", [None, (32, 128, 4)], ids=["butterfly", "matmul"])
+def test_epilogue_reads_a_bf16_gemm_result_as_its_float32_value(tile):
+    """A backward GEMM writes BF16 for a BF16 gradient (``reference.linear.grad_gemm_dtype``): both epilogue kernels read
+    it as it is and give, bit for bit, what they give for the same values in float32."""
+    from fp4compile import formats
+    from fp4compile.kernels.epilogue import mask_rotate_cast
+    from fp4compile.kernels.rotate_quantize import Tile, prepare_rotation
+    from fp4compile.rotations import parse_rotation
+
+    inverse = prepare_rotation(parse_rotation("hadamard-32"), None, torch.device(DEV), inverse=True)
+    g = (torch.randn(40, 288) * torch.logspace(-3, 3, 288)[torch.randperm(288)]).bfloat16()
+    bits = formats.pack_bits(torch.rand(40, 288) < 0.9).to(DEV)
+    t = None if tile is None else Tile(*tile)
+    got = mask_rotate_cast(g.to(DEV), bits, inverse, torch.bfloat16, tile=t).cpu()
+    want = mask_rotate_cast(g.float().to(DEV), bits, inverse, torch.bfloat16, tile=t).cpu()
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16)) and (got != 0).any()
+
+
 @pytest.mark.parametrize("with_mask,with_alpha", [(True, False), (False, True), (True, True)])
 def test_epilogue_butterfly_equals_the_matmul_rotation(with_mask, with_alpha):
     """The fixed Hadamard-32 epilogue (``epilogue_h32_kernel``: a butterfly in registers, which prepare_rotation's fixed

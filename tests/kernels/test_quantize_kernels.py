@@ -194,6 +194,33 @@ def test_requantize_from_packed(fwd, bwd, rotation):
     _assert_same(kq, None, ref, rotated=True, sums_differ=True)  # the kernel applies the tensor scale after rotating
 
 
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_requantize_decodes_every_code_and_scale(fmt):
+    """The re-quantization forms a saved tensor's values from its packed codes in registers (on the GPU through the FP8
+    conversion, ``rotate_quantize._e2m1_signed_values``): every byte of codes (both signs of zero among them) under
+    scales from the subnormal end to overflow and NaN groups is decoded as the reference's ``dequantize()``; an unrotated
+    re-quantization makes the comparison bit-exact."""
+    torch.manual_seed(11)
+    rows, cols = 96, 128  # saved [rows, cols], re-quantized along rows
+    group = 32 if fmt == "mxfp4" else 16
+    codes = torch.randint(0, 256, (rows, cols // 2), dtype=torch.uint8)
+    codes[:4, :] = torch.arange(256, dtype=torch.uint8).reshape(4, 64)  # every byte value appears
+    if fmt == "mxfp4":
+        scales = torch.randint(100, 155, (rows, cols // group), dtype=torch.uint8)
+        scales[:, 0] = torch.tensor([0, 1, 2, 126, 127, 250, 253, 254, 255] * 11)[:rows].to(torch.uint8)  # 2^-127 .. 2^127, NaN
+        q, saved = f4.get_quantizer("mxfp4_tseng_rtn"), (f4.ScaleFormat.E8M0, torch.tensor(1.0), 1.0)
+    else:
+        scales = torch.randint(0x30, 0x50, (rows, cols // group), dtype=torch.uint8)
+        scales[:, 0] = torch.tensor([0x00, 0x01, 0x07, 0x08, 0x38, 0x7E, 0x7F] * 14)[:rows].to(torch.uint8)  # E4M3 0 .. 448, NaN
+        q, saved = f4.get_quantizer("nvfp4_rtn"), (f4.ScaleFormat.E4M3, torch.tensor(0.037), 1.0)
+    wq = f4.QuantizedTensor(codes, scales, saved[0], group, saved[1], saved[2])
+    on_dev = f4.QuantizedTensor(codes.to(DEV), scales.to(DEV), saved[0], group, saved[1].to(DEV), saved[2])
+    kq, _ = _kernel()(on_dev, q, None, seed=0)
+    src = wq.dequantize().t()
+    assert src.isnan().any() and (src == 0).any() and (src.signbit() & (src == 0)).any()
+    _assert_same(kq, None, q.quantize(src, 0), rotated=False)
+
+
 @pytest.mark.parametrize("name,rotation", [("mxfp4_tseng_sr", "random_hadamard-32"), ("nvfp4_sr", None), ("nvfp4_ms_eden", "random_hadamard-128")])
 def test_stochastic_rules_with_reference_uniforms(name, rotation):
     q = f4.get_quantizer(name)
