@@ -354,8 +354,8 @@ def _load_tile(x_ptr, xs_ptr, stride_r, stride_k, alpha_ptr, row0, ks, R, K, m, 
         NGS: tl.constexpr = BLOCK_R // SRC_GROUP
         pairs = row0 // 2 + tl.arange(0, BLOCK_R // 2)
         groups = row0 // SRC_GROUP + tl.arange(0, NGS)
-        cb = tl.load(x_ptr + kk * stride_k + pairs[None, :], mask=(kk < K) & (pairs[None, :] * 2 < R), other=0)  # [BLOCK_K, BLOCK_R/2]
-        sb = tl.load(xs_ptr + kk * (R // SRC_GROUP) + groups[None, :], mask=(kk < K) & (groups[None, :] * SRC_GROUP < R), other=0).to(tl.int32)
+        cb = tl.load(x_ptr + kk * stride_k + pairs[None, :], mask=(kk < K) & (pairs[None, :] < R // 2), other=0)  # [BLOCK_K, BLOCK_R/2]
+        sb = tl.load(xs_ptr + kk * (R // SRC_GROUP) + groups[None, :], mask=(kk < K) & (groups[None, :] < R // SRC_GROUP), other=0).to(tl.int32)
         v = _e2m1_signed_values(cb)  # [BLOCK_K, BLOCK_R]
         v = tl.reshape(tl.reshape(v, (BLOCK_K, NGS, SRC_GROUP)) * _scale_values(sb, SCALED == 1)[:, :, None], (BLOCK_K, BLOCK_R))
         x = tl.trans(v)
