@@ -207,3 +207,43 @@ def test_two_dimensional_parts_reach_the_backward_as_blocks():
     assert [f.name for f in fused[3]] == ["a+b"] and fused[4] == 2
     for name, grad in sep[2].items():
         assert _rel(fused[2][name], grad) < 1e-6, name
+
+
+class GatedUnit(nn.Module):
+    """SwiGLU: gate and up read one input and are multiplied together; down reads their product."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.up = nn.Linear(64, 128, bias=False), nn.Linear(64, 128, bias=False)
+        self.down = nn.Linear(128, 64, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+def _contiguous_parts(model, x) -> list[int]:
+    """For each graph Dynamo hands the backend: the parts of fused outputs given their own tensor (``contiguous`` calls)."""
+    counts = []
+
+    def backend(gm, example_inputs):
+        fuse_parallel_linears(gm, _dynamo_param_names(gm), parse_options({"recipe": "quartet"}))
+        counts.append(sum(n.op == "call_method" and n.target == "contiguous" for n in gm.graph.nodes))
+        return gm
+
+    torch._dynamo.reset()
+    torch.compile(model, backend=backend)(x)
+    return counts
+
+
+def test_a_gated_units_parts_stay_views_of_the_fused_output(block):
+    """The product's backward saves both of a gated unit's parts, so copies would only cost writes: its parts stay
+    views (q/k/v's each get a tensor of their own); the fused gated unit computes what the separate one does."""
+    torch.manual_seed(2)
+    gated, x = GatedUnit(), torch.randn(2, 32, 64)
+    assert _contiguous_parts(gated, x) == [0] and _contiguous_parts(*block) == [3]
+    sep = _run(gated, x, recipe="mxfp4-rtn", fuse_linears=False)
+    fused = _run(gated, x, recipe="mxfp4-rtn", fuse_linears=True)
+    assert [f.modules for f in fused[3]] == [("gate", "up")] and fused[4] == 2
+    assert _rel(fused[0], sep[0]) < 1e-6 and _rel(fused[1], sep[1]) < 1e-6
+    for name, grad in sep[2].items():
+        assert _rel(fused[2][name], grad) < 1e-6, name
