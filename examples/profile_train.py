@@ -6,8 +6,8 @@ kernels, the optimizer, attention).
 
 Why: the accuracy benchmark's 20m model trains 3x-6x slower under the FP4 recipes than under BF16, while
 one 7B-shaped linear layer is within 0.5x-1.2x of BF16; this says which kernels take the difference at
-small widths. CUDA-graph replays hide their kernels from the profiler, so the kernel table is of the
-host-launched step. Needs a CUDA GPU.
+small widths. The kernel table is of the host-launched step (CUDA-graph replays may hide their kernels from the
+profiler); ``--gaps`` adds, per mode, where the GPU idles between its work. Needs a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -64,17 +64,50 @@ def build_step(size: str, recipe: str, batch: int, seq: int, cudagraphs: bool):
 def grid_table(prof, steps: int, fragments: list[str]) -> None:
     """Launches of the kernels whose name holds one of ``fragments``, grouped by (kernel, grid): the grid says the
     operand's shape (rows / tile rows, columns / tile columns), so this tells which operand a kernel's time is."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        prof.export_chrome_trace(f.name)
-        events = json.load(open(f.name))["traceEvents"]
     groups: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for ev in events:
+    for ev in _trace_events(prof):
         name, args = ev.get("name", ""), ev.get("args", {})
         if ev.get("cat") == "kernel" and any(frag in name for frag in fragments):
             groups[(name, str(args.get("grid")))].append(float(ev.get("dur", 0.0)))
     print("| kernel | grid | calls/step | us/call | ms/step |\n|---|---|---:|---:|---:|")
     for (name, grid), times in sorted(groups.items(), key=lambda kv: -sum(kv[1])):
         print(f"| {name[:40]} | {grid} | {len(times) / steps:g} | {sum(times) / len(times):.1f} | {sum(times) / 1e3 / steps:.3f} |")
+
+
+def _trace_events(prof) -> list[dict]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        return json.load(open(f.name))["traceEvents"]
+
+
+def gap_table(step, steps: int, top: int = 12) -> None:
+    """Where the GPU idles between its work (kernels, copies, memsets) over ``steps`` profiled steps: the idle time per
+    step, and the largest totals by the kinds of work on either side of a gap (e.g. 'fp4 fold -> GEMM'), each with its
+    count and largest single gap. A step whose wall time is well above its kernels' sum loses the rest here."""
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    busy = sorted((float(ev["ts"]), float(ev["ts"]) + float(ev.get("dur", 0.0)), ev.get("name", ""), ev.get("cat", ""))
+                  for ev in _trace_events(prof) if ev.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "ts" in ev)
+    if not busy:
+        print("no GPU activity in the trace (a CUDA graph's kernels may be hidden from this profiler)")
+        return
+    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+    end, prev = busy[0][1], busy[0]
+    for ev in busy[1:]:
+        gap = ev[0] - end
+        if gap > 0:
+            groups[(kind_of(prev[2]) if prev[3] == "kernel" else prev[3], kind_of(ev[2]) if ev[3] == "kernel" else ev[3])].append(gap)
+        if ev[1] >= end:
+            end, prev = ev[1], ev
+    span = (busy[-1][1] - busy[0][0]) / 1e3 / steps
+    idle = sum(sum(g) for g in groups.values()) / 1e3 / steps
+    print(f"GPU timeline: {span:.2f} ms/step from the first to the last GPU work, {idle:.2f} ms/step of it idle, "
+          f"{len(busy) / steps:.0f} kernels / copies / memsets per step")
+    print("| before the gap | after the gap | gaps/step | idle ms/step | largest (us) |\n|---|---|---:|---:|---:|")
+    for (a, b), gaps in sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        print(f"| {a} | {b} | {len(gaps) / steps:g} | {sum(gaps) / 1e3 / steps:.3f} | {max(gaps):.1f} |")
 
 
 def kernel_table(step, steps: int, top: int, by_grid: list[str]) -> float:
@@ -116,6 +149,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--by-grid", default="", help="comma-separated kernel name fragments (e.g. quantize_kernel,fold_kernel): their launches by grid")
     p.add_argument("--graphs-only", action="store_true", help="only the CUDA-graph step time of each recipe (no kernel table)")
+    p.add_argument("--gaps", action="store_true", help="also where the GPU idles between kernels, in each mode (gap_table)")
     args = p.parse_args()
     tokens = args.batch * args.seq
     for recipe in [r for r in args.recipes.split(",") if r]:
@@ -127,6 +161,8 @@ def main() -> None:
             wall = triton.testing.do_bench(step, warmup=5, rep=200, return_mode="median")
             label = f"{recipe} {args.size} {args.batch}x{args.seq} {'CUDA graphs' if graphs else 'host-launched'}"
             print(f"\n## {label}: {wall:.2f} ms/step, {tokens / wall * 1e3:,.0f} tokens/s", flush=True)
+            if args.gaps:
+                gap_table(step, args.steps)
             if not graphs:
                 gpu = kernel_table(step, args.steps, args.top, [f for f in args.by_grid.split(",") if f])
                 print(f"GPU kernels {gpu:.2f} ms/step ({gpu / wall:.0%} of the host-launched wall time)", flush=True)
