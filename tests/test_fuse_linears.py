@@ -212,13 +212,14 @@ def test_two_dimensional_parts_reach_the_backward_as_blocks():
 class GatedUnit(nn.Module):
     """SwiGLU: gate and up read one input and are multiplied together; down reads their product."""
 
-    def __init__(self):
+    def __init__(self, act=torch.nn.functional.silu):
         super().__init__()
         self.gate, self.up = nn.Linear(64, 128, bias=False), nn.Linear(64, 128, bias=False)
         self.down = nn.Linear(128, 64, bias=False)
+        self.act = act
 
     def forward(self, x):
-        return self.down(torch.nn.functional.silu(self.gate(x)) * self.up(x))
+        return self.down(self.act(self.gate(x)) * self.up(x))
 
 
 def _contiguous_parts(model, x) -> list[int]:
@@ -237,10 +238,12 @@ def _contiguous_parts(model, x) -> list[int]:
 
 def test_a_gated_units_parts_stay_views_of_the_fused_output(block):
     """The product's backward saves both of a gated unit's parts, so copies would only cost writes: its parts stay
-    views (q/k/v's each get a tensor of their own); the fused gated unit computes what the separate one does."""
+    views (q/k/v's each get a tensor of their own, and so do a sigmoid gate's parts: sigmoid saves its output, not the
+    gate); the fused gated unit computes what the separate one does."""
     torch.manual_seed(2)
     gated, x = GatedUnit(), torch.randn(2, 32, 64)
     assert _contiguous_parts(gated, x) == [0] and _contiguous_parts(*block) == [3]
+    assert _contiguous_parts(GatedUnit(torch.sigmoid), x) == [2]
     sep = _run(gated, x, recipe="mxfp4-rtn", fuse_linears=False)
     fused = _run(gated, x, recipe="mxfp4-rtn", fuse_linears=True)
     assert [f.modules for f in fused[3]] == [("gate", "up")] and fused[4] == 2
