@@ -80,6 +80,27 @@ def _trace_events(prof) -> list[dict]:
         return json.load(open(f.name))["traceEvents"]
 
 
+def idle_gaps(events: list[dict]) -> dict[tuple[str, str], list[float]]:
+    """The GPU's idle gaps (us) in a Chrome trace's events, by the kinds of work on either side (``kind_of`` for kernels,
+    the category for copies and memsets). Work that overlaps earlier work (another stream) only extends the busy time."""
+    busy = sorted((float(ev["ts"]), float(ev["ts"]) + float(ev.get("dur", 0.0)), ev.get("name", ""), ev.get("cat", ""))
+                  for ev in events if ev.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "ts" in ev)
+    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+    if not busy:
+        return groups
+
+    def kind(ev):
+        return kind_of(ev[2]) if ev[3] == "kernel" else ev[3]
+
+    end, prev = busy[0][1], busy[0]
+    for ev in busy[1:]:
+        if ev[0] > end:
+            groups[(kind(prev), kind(ev))].append(ev[0] - end)
+        if ev[1] >= end:
+            end, prev = ev[1], ev
+    return groups
+
+
 def gap_table(step, steps: int, top: int = 12) -> None:
     """Where the GPU idles between its work (kernels, copies, memsets) over ``steps`` profiled steps: the idle time per
     step, and the largest totals by the kinds of work on either side of a gap (e.g. 'fp4 fold -> GEMM'), each with its
@@ -88,23 +109,16 @@ def gap_table(step, steps: int, top: int = 12) -> None:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
-    busy = sorted((float(ev["ts"]), float(ev["ts"]) + float(ev.get("dur", 0.0)), ev.get("name", ""), ev.get("cat", ""))
-                  for ev in _trace_events(prof) if ev.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "ts" in ev)
-    if not busy:
+    events = [ev for ev in _trace_events(prof) if ev.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "ts" in ev]
+    if not events:
         print("no GPU activity in the trace (a CUDA graph's kernels may be hidden from this profiler)")
         return
-    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
-    end, prev = busy[0][1], busy[0]
-    for ev in busy[1:]:
-        gap = ev[0] - end
-        if gap > 0:
-            groups[(kind_of(prev[2]) if prev[3] == "kernel" else prev[3], kind_of(ev[2]) if ev[3] == "kernel" else ev[3])].append(gap)
-        if ev[1] >= end:
-            end, prev = ev[1], ev
-    span = (busy[-1][1] - busy[0][0]) / 1e3 / steps
+    groups = idle_gaps(events)
+    start = min(float(ev["ts"]) for ev in events)
+    stop = max(float(ev["ts"]) + float(ev.get("dur", 0.0)) for ev in events)
     idle = sum(sum(g) for g in groups.values()) / 1e3 / steps
-    print(f"GPU timeline: {span:.2f} ms/step from the first to the last GPU work, {idle:.2f} ms/step of it idle, "
-          f"{len(busy) / steps:.0f} kernels / copies / memsets per step")
+    print(f"GPU timeline: {(stop - start) / 1e3 / steps:.2f} ms/step from the first to the last GPU work, {idle:.2f} ms/step of it "
+          f"idle, {len(events) / steps:.0f} kernels / copies / memsets per step")
     print("| before the gap | after the gap | gaps/step | idle ms/step | largest (us) |\n|---|---|---:|---:|---:|")
     for (a, b), gaps in sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]:
         print(f"| {a} | {b} | {len(gaps) / steps:g} | {sum(gaps) / 1e3 / steps:.3f} | {max(gaps):.1f} |")

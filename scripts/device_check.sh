@@ -142,12 +142,12 @@ case "${1:-tests}" in
     done
     ;;
   step1b)  # the 1B step: GPU tests named in TESTS, the throughput table (quartet fused and unfused, float8 row-wise), then where
-           # quartet's step goes, our kernels by grid (operand); session 13's call, ~450 s on a fresh machine
+           # quartet's step goes, our kernels by grid (operand) and the GPU's idle gaps; sessions 13-14's calls, ~450 s fresh
     [ -n "${TESTS:-}" ] && timeout ${TESTS_S:-150} python3 -m pytest -q -p no:cacheprovider $TESTS 2>&1 | tail -3 | tee "$OUT/pytest.log"
     timeout ${TRAIN_S:-300} python3 examples/bench_train.py --cudagraphs --recipes quartet --unfused --float8 rowwise --warmup 3 --steps 5 \
       --json "$OUT/bench_train.json" 2>&1 | grep -v -i warn | tee "$OUT/bench_train.log" | tail -9
-    timeout ${PROFILE_S:-250} python3 examples/profile_train.py --size 1b --batch 16 --seq 2048 --recipes quartet --steps 3 --top 16 \
-      --by-grid quantize_kernel,fold_kernel,epilogue_h32_kernel,bf16_values_kernel,triton_ 2>&1 | grep -v -i warn | tee "$OUT/profile.log" | head -60
+    timeout ${PROFILE_S:-250} python3 examples/profile_train.py --size 1b --batch 16 --seq 2048 --recipes quartet --steps 3 --top 16 --gaps \
+      --by-grid quantize_kernel,fold_kernel,epilogue_h32_kernel,triton_ 2>&1 | grep -v -i warn | tee "$OUT/profile.log" | head -90
     ;;
   multigpu)  # the same global batch on 1 and 2 GPUs (DDP, FSDP2), with a second seed as the noise yardstick
     common="--size 20m --recipe quartet --steps ${STEPS:-300} --batch 64 --seq 256 --eval-every 100 --log-every 100"

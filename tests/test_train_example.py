@@ -139,6 +139,22 @@ def test_accuracy_benchmark_ordering_check():
     assert "NO (worst: quartet2)" in ordering_holds({"quartet2": 0.3, "nvidia": 0.05, "mxfp4-rtn": 0.2})[1]
 
 
+def test_profile_gaps_are_the_gpus_idle_time_by_neighbours():
+    """profile_train --gaps: idle time between GPU work, by the kinds on either side; overlapping work (another stream)
+    only extends the busy interval; CPU events are ignored."""
+    from examples.profile_train import idle_gaps
+
+    events = [{"cat": "kernel", "ts": 0, "dur": 10, "name": "quantize_kernel"},
+              {"cat": "kernel", "ts": 15, "dur": 10, "name": "fold_kernel"},
+              {"cat": "kernel", "ts": 18, "dur": 3, "name": "triton_poi_fused_add"},  # inside the fold's interval: no gap
+              {"cat": "cpu_op", "ts": 26, "dur": 50, "name": "aten::mm"},
+              {"cat": "gpu_memset", "ts": 30, "dur": 1, "name": "Memset (Device)"},
+              {"cat": "kernel", "ts": 40, "dur": 5, "name": "nvjet_sm90_qqtst"}]
+    assert dict(idle_gaps(events)) == {("fp4 quantize", "fp4 fold"): [5.0], ("fp4 fold", "gpu_memset"): [5.0],
+                                       ("gpu_memset", "GEMM"): [9.0]}
+    assert dict(idle_gaps([])) == {}
+
+
 def test_train_benchmark_table():
     """bench_train's table: ratios to the first (BF16) row, OOM and n/a rows kept, GiB from bytes."""
     from examples import bench_train
