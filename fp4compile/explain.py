@@ -24,6 +24,7 @@ import torch.fx as fx
 from fp4compile.backend import GraphRecord, quartet_backend, recording
 from fp4compile.passes.fuse_linears import describe as describe_fusions
 from fp4compile.passes.site import MatmulSite, Role, is_fp4_node
+from fp4compile.reference.linear import grad_gemm_dtype
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -140,6 +141,11 @@ class Report:
             parts += [f"  {line}" for line in fused]
             if c.get("gradient_blocks"):
                 parts.append(f"  backward: their parts' gradients go to the grad GEMMs as {c['gradient_blocks']} column blocks, never concatenated")
+        held = sorted({str(grad_gemm_dtype(s.node.meta["val"].dtype)).removeprefix("torch.") for s in self.sites
+                       if s.quantized and s.role in (Role.GRAD_INPUT, Role.GRAD_WEIGHT) and "val" in s.node.meta})
+        if held:
+            parts.append(f"backward GEMMs: their result is held in {' / '.join(held)} before the trust mask and the inverse forward "
+                         "rotation (BF16 for a BF16 gradient: reference.linear.grad_gemm_dtype)")
         for plans, keys in self.layout().items():
             parts.append(f"layout plan ({len(keys)} linear{'s' if len(keys) > 1 else ''}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}):")
             parts += [f"  {p.describe()}" for p in plans]

@@ -101,6 +101,9 @@ def test_explain_report_and_saved_memory():
     assert {"forward", "backward", "joint_before", "joint_after", "forward_before", "backward_before"} <= set(graphs)
     assert "fp4compile.quantize" in graphs["joint_after"] and "fp4compile" not in graphs["joint_before"]
     assert all(p.grad is None for p in model.parameters())  # explain leaves no gradients behind
+    assert "backward GEMMs: their result is held in float32 before the trust mask" in text  # an FP32 model's gradients
+    bf16 = str(f4.explain(make_tiny().bfloat16(), *batch(), recipe="quartet", baseline=False))
+    assert "backward GEMMs: their result is held in bfloat16 before the trust mask" in bf16
 
 
 def test_quartet2_input_saved_at_most_a_third():
