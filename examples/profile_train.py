@@ -80,11 +80,16 @@ def _trace_events(prof) -> list[dict]:
         return json.load(open(f.name))["traceEvents"]
 
 
+def _gpu_work(events: list[dict]) -> list[dict]:
+    """A Chrome trace's events that occupy the GPU: kernels, copies and memsets."""
+    return [ev for ev in events if ev.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "ts" in ev]
+
+
 def idle_gaps(events: list[dict]) -> dict[tuple[str, str], list[float]]:
     """The GPU's idle gaps (us) in a Chrome trace's events, by the kinds of work on either side (``kind_of`` for kernels,
     the category for copies and memsets). Work that overlaps earlier work (another stream) only extends the busy time."""
     busy = sorted((float(ev["ts"]), float(ev["ts"]) + float(ev.get("dur", 0.0)), ev.get("name", ""), ev.get("cat", ""))
-                  for ev in events if ev.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "ts" in ev)
+                  for ev in _gpu_work(events))
     groups: dict[tuple[str, str], list[float]] = defaultdict(list)
     if not busy:
         return groups
@@ -109,7 +114,7 @@ def gap_table(step, steps: int, top: int = 12) -> None:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
-    events = [ev for ev in _trace_events(prof) if ev.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "ts" in ev]
+    events = _gpu_work(_trace_events(prof))
     if not events:
         print("no GPU activity in the trace (a CUDA graph's kernels may be hidden from this profiler)")
         return

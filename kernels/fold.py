@@ -21,7 +21,25 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4compile.kernels.rotate_quantize import _INTERPRETED, _NO_ROW_EXP, _pow2, _scale_values, _unpack, _with_sign, check_elements
+from fp4compile.kernels.rotate_quantize import _INTERPRETED, _NO_ROW_EXP, _e2m1_value, _pow2, _scale_values, check_elements
+
+
+@triton.jit
+def _unpack(codes):
+    """uint8 [BM, BK/2] packed codes -> (|E2M1 value| float32 [BM, BK], sign bit int32 [BM, BK]).
+
+    Element 2i comes from the low nibble. The sign is kept apart as a bit: negating a zero in float
+    arithmetic may give +0 under the compiler's no-signed-zeros rules, and -0 must stay -0.
+    """
+    c = codes.to(tl.int32)
+    pair = tl.join(c & 0xF, (c >> 4) & 0xF)  # [BM, BK/2, 2]
+    code = tl.reshape(pair, (pair.shape[0], pair.shape[1] * 2))
+    return _e2m1_value(code & 7), (code >> 3) & 1
+
+
+@triton.jit
+def _with_sign(mag, sign):
+    return (mag.to(tl.int32, bitcast=True) | (sign << 31)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
